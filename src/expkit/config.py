@@ -1,0 +1,332 @@
+"""The experiment config: one schema, one validation path, key paths in every error.
+
+Flow: YAML file -> `extends` chain merged -> `--set` overrides applied to the raw dict -> validated
+against `ExperimentConfig` (defaults filled). Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, format_path
+from .registry import did_you_mean
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are refused, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataConfig(Section):
+    dataset: str = Field("fashion_mnist_sample", description="Dataset registry name (see `expkit datasets`).")
+    path: str | None = Field(None, description="File or folder for the local sources (npz, image_folder, csv_pixels).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the dataset's loader.")
+    validation_split: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="Fraction of the training set held out for validation; null: the source's own validation "
+        "set if it has one, else 0.1.",
+    )
+    limit: int | None = Field(None, ge=1, description="Keep the first N training examples (after the seeded shuffle).")
+    test_limit: int | None = Field(None, ge=1, description="Keep the first N test examples.")
+    shuffle: bool = Field(True, description="Shuffle the training set once, with the run's seed, before splitting.")
+    scale: bool = Field(True, description="Divide pixel values by 255 to bring them into [0, 1].")
+    layout: Literal["image", "flat"] = Field(
+        "image", description="image: (height, width, channels), the channel axis added for grayscale; flat: one vector per example."
+    )
+    labels: Literal["auto", "one_hot", "integer"] = Field(
+        "auto", description="Label encoding; auto picks one-hot for categorical_crossentropy, integers otherwise."
+    )
+
+
+OptimizerSpec = Union[str, dict[str, Any]]
+
+
+class ScheduleConfig(Section):
+    type: Literal["exponential", "step", "plateau", "cosine"] = Field(description="Learning-rate schedule kind.")
+    decay_rate: float = Field(0.96, gt=0, description="exponential: factor per `decay_epochs` epochs.")
+    decay_epochs: float = Field(1.0, gt=0, description="exponential/cosine: epochs per decay period.")
+    staircase: bool = Field(False, description="exponential: decay in whole steps of `decay_epochs`.")
+    step_epochs: int = Field(10, ge=1, description="step: multiply the rate by `factor` every this many epochs.")
+    factor: float = Field(0.5, gt=0, lt=1, description="step/plateau: multiplier applied at each drop.")
+    monitor: str = Field("val_loss", description="plateau: metric watched.")
+    patience: int = Field(2, ge=0, description="plateau: epochs without improvement before a drop.")
+    min_lr: float = Field(0.0, ge=0, description="plateau/cosine: lower bound on the rate.")
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = Field("val_loss", description="Metric watched.")
+    patience: int = Field(3, ge=0, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+    mode: Literal["auto", "min", "max"] = "auto"
+    restore_best_weights: bool = Field(True, description="Evaluate the test set with the best epoch's weights.")
+
+
+class TrainConfig(Section):
+    optimizer: OptimizerSpec = Field("sgd", description="Keras optimizer name, or {name: ..., other Keras arguments}.")
+    learning_rate: float = Field(0.01, gt=0)
+    schedule: ScheduleConfig | None = Field(None, description="Learning-rate schedule; none keeps it constant.")
+    loss: str = Field("categorical_crossentropy", description="Keras loss name.")
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy"], description="Keras metric names.")
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    shuffle: bool = Field(True, description="Shuffle the training batches every epoch.")
+    deterministic: bool = Field(False, description="Make TensorFlow ops deterministic (slower, bit-for-bit repeatable).")
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        "float32", description="Keras dtype policy; mixed_float16 is for GPUs and uses loss scaling."
+    )
+    steps_per_execution: Union[int, Literal["auto"]] = Field(
+        "auto", description="Batches per compiled call; auto picks from the model's cost per step. 1 is plain Keras."
+    )
+    jit_compile: Union[bool, Literal["auto"]] = Field("auto", description="XLA compilation; auto follows Keras' choice.")
+    input_pipeline: Literal["auto", "arrays", "tf_data"] = Field(
+        "auto", description="arrays: numpy straight into fit, as a plain script does; tf_data: cached, prefetched dataset."
+    )
+    verbose: Literal["auto", 0, 1, 2] = Field("auto", description="Keras fit verbosity; auto shows the bar on a terminal.")
+
+    @field_validator("steps_per_execution")
+    @classmethod
+    def _positive_steps(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'auto' or an integer >= 1")
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_has_name(cls, v):
+        if isinstance(v, dict) and not isinstance(v.get("name"), str):
+            raise ValueError("an optimizer mapping needs a 'name' key, e.g. {name: sgd, momentum: 0.9}")
+        return v
+
+
+class ModelConfig(Section):
+    layers: list[Any] = Field(description="One single-key mapping per layer: {type: arguments}.")
+    input_shape: list[int] | None = Field(None, description="Override the input shape the dataset implies.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_shape(cls, layers):
+        from .layers import check_layer_spec
+
+        if not layers:
+            raise ValueError("needs at least one layer")
+        # check_layer_spec raises ConfigError, which pydantic does not catch: it escapes with its
+        # own model.layers[i] path instead of being folded into a ValidationError.
+        for i, spec in enumerate(layers):
+            check_layer_spec(spec, i)
+        return layers
+
+
+class SweepConfig(Section):
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination of these values.")
+    zip: dict[str, list[Any]] = Field(default_factory=dict, description="Keys that move together, one trial per position.")
+    seeds: list[int] | None = Field(None, description="Repeat every trial with each of these seeds.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for block in ("grid", "zip"):
+            for key, values in getattr(self, block).items():
+                if not values:
+                    raise ValueError(f"{block}.{key}: needs at least one value")
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"zip: all lists must have the same length, found lengths {sorted(lengths)}")
+        both = set(self.grid) & set(self.zip)
+        if both:
+            raise ValueError(f"key(s) {sorted(both)} appear in both grid and zip")
+        if not (self.grid or self.zip or self.seeds):
+            raise ValueError("an empty sweep: give grid, zip or seeds")
+        return self
+
+
+class ExperimentConfig(Section):
+    name: str = Field(description="Run name; the run folder is runs/<name>/<run-id>. Defaults to the file's stem.")
+    description: str = ""
+    seed: int = Field(0, ge=0, description="Seeds data order, split, initialisers and dropout.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig | None = None
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data (every default filled in), ready for YAML."""
+        return self.model_dump(mode="json")
+
+
+# --- raw dict operations -------------------------------------------------------------------------
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Mappings merge key by key; anything else (lists included) is replaced by the override."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def split_key(key: str) -> list:
+    """'model.layers.2.dropout' -> ['model', 'layers', 2, 'dropout']."""
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"'{key}' is not a dotted key path")
+    return [int(p) if p.isdigit() else p for p in key.split(".")]
+
+
+def set_path(raw: dict, key: str, value: Any) -> dict:
+    """Return a copy of `raw` with `value` at dotted `key`; missing mappings are created."""
+    parts = split_key(key)
+    out = copy.deepcopy(raw)
+    node: Any = out
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = format_path(parts[:depth + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"cannot index with {part}: {format_path(parts[:depth]) or 'config'} is not a list", path=where)
+            if part >= len(node):
+                raise ConfigError(f"index {part} is out of range (the list has {len(node)} items)", path=where)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{part}' inside a {type(node).__name__}", path=where)
+        if last:
+            node[part] = copy.deepcopy(value)
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.epochs=3' -> ('train.epochs', 3); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got '{text}'")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})") from None
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict:
+    """Read one YAML mapping; malformed YAML is reported with its line."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"malformed YAML: {where}{problem}", file=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping, found {type(data).__name__}", file=path)
+    return data
+
+
+def load_raw(path: str | Path, _chain: tuple = ()) -> dict:
+    """The config file with its `extends` chain merged in (bases first, this file on top)."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, resolved))
+        raise ConfigError(f"extends cycle: {cycle}", file=path, path="extends")
+    raw = read_yaml(path)
+    base_ref = raw.pop("extends", None)
+    if base_ref is None:
+        return raw
+    if not isinstance(base_ref, str):
+        raise ConfigError(f"expected a file path (string), found {type(base_ref).__name__}", file=path, path="extends")
+    base_path = path.parent / base_ref
+    if not base_path.exists():
+        raise ConfigError(f"base config '{base_ref}' not found (looked for {base_path})", file=path, path="extends")
+    base = load_raw(base_path, (*_chain, resolved))
+    base.pop("name", None)  # a child is its own experiment, named after its own file
+    return deep_merge(base, raw)
+
+
+def _describe_error(err: dict, model_cls) -> tuple[str, str]:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-after", "str", "int", "bool")))]
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, bad = loc[:-1], loc[-1]
+        known = _known_keys(model_cls, parent)
+        hint = did_you_mean(bad, known) if known else ""
+        listing = f" (known: {', '.join(known)})" if known and not hint else ""
+        return format_path(loc), f"unknown key{hint}{listing}"
+    if kind == "missing":
+        return format_path(loc), "required key is missing"
+    found = err.get("input")
+    shown = f"; found {found!r} ({type(found).__name__})" if kind not in ("value_error",) and not isinstance(found, (dict, list)) else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    return format_path(loc), f"{msg}{shown}"
+
+
+def _known_keys(model_cls, parent: list) -> list[str]:
+    cls = model_cls
+    for part in parent:
+        if isinstance(part, int) or cls is None:
+            return []
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        cls = _section_class(field.annotation)
+    return list(cls.model_fields) if cls is not None else []
+
+
+def _section_class(annotation):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _section_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validate(raw: dict, *, file=None) -> ExperimentConfig:
+    """Validate a raw (merged, overridden) dict; the first problem is raised as one ConfigError."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        path, message = _describe_error(errors[0], ExperimentConfig)
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(message + more, file=file, path=path) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> ExperimentConfig:
+    """Load, merge `extends`, apply `--set` overrides, validate. Every error names the file."""
+    path = Path(path)
+    try:
+        raw = load_raw(path)
+        raw.setdefault("name", path.stem)
+        for text in overrides:
+            key, value = parse_override(text)
+            raw = set_path(raw, key, value)
+        return validate(raw)
+    except ConfigError as exc:
+        raise exc.with_file(path) from None
+
+
+def json_schema() -> dict:
+    """JSON Schema of the config, for editors' autocompletion."""
+    schema = ExperimentConfig.model_json_schema()
+    schema["properties"]["extends"] = {"type": "string", "description": "Base config file, relative to this one."}
+    return schema

@@ -1,0 +1,97 @@
+"""Layer specs -> a keras.Sequential model, with every Keras complaint attributed to model.layers[i]."""
+
+from __future__ import annotations
+
+from .config import ExperimentConfig
+from .errors import ConfigError
+from .layers import build_layer, layer_arguments
+
+# Losses whose targets are class indices or one-hot vectors: the output must have one unit per class.
+CLASS_LOSSES = {"categorical_crossentropy", "sparse_categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | None):
+    """Build the model; an impossible architecture is a ConfigError naming the layer.
+
+    `num_classes` None (data not at hand) skips the output-size check.
+    """
+    import keras
+
+    if cfg.model.input_shape is not None:
+        input_shape = tuple(cfg.model.input_shape)
+    x = keras.Input(shape=tuple(input_shape))
+    built = []
+    for i, spec in enumerate(cfg.model.layers):
+        (name, args), = spec.items()
+        path = ("model", "layers", i, name)
+        if i == len(cfg.model.layers) - 1 and cfg.train.precision != "float32" and isinstance(args, dict) and "dtype" not in args:
+            args = {**args, "dtype": "float32"}  # softmax and loss in float32 under mixed precision
+        try:
+            layer = build_layer(name, args, tuple(x.shape[1:]))
+            x = layer(x)
+        except ConfigError:
+            raise
+        except Exception as exc:  # Keras reports bad arguments and shapes with many exception types
+            raise ConfigError(f"Keras rejected this layer: {_first_line(exc)}", path=path) from None
+        shape = tuple(x.shape)
+        if any(d is not None and d < 1 for d in shape[1:]):
+            raise ConfigError(
+                f"output shape {shape} has a dimension below 1: the input shrank away "
+                "(fewer strides, smaller kernels or padding: same)", path=path)
+        built.append(layer)
+
+    out_units = x.shape[-1]
+    last = len(cfg.model.layers) - 1
+    (last_name, _), = cfg.model.layers[last].items()
+    if cfg.train.loss in CLASS_LOSSES and num_classes is not None and len(x.shape) != 2:
+        raise ConfigError(
+            f"the output shape is {tuple(x.shape)}; a classifier needs (None, {num_classes}): "
+            "add flatten or global pooling before the dense layers", path=("model", "layers", last, last_name))
+    if cfg.train.loss in CLASS_LOSSES and num_classes is not None and out_units != num_classes:
+        raise ConfigError(
+            f"the output has {out_units} units but the dataset has {num_classes} classes "
+            f"(loss {cfg.train.loss} needs one unit per class)", path=("model", "layers", last, last_name))
+    model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=cfg.name.replace("-", "_"))
+    return model
+
+
+def output_shape(model) -> tuple:
+    """The model's output shape (Sequential models wrapping an application have no `.output`)."""
+    return tuple(model.compute_output_shape((None, *model.inputs[0].shape[1:])))
+
+
+def summary_text(model) -> str:
+    """The Keras summary as text, as `model.summary()` prints it."""
+    lines: list[str] = []
+
+    def collect(text, line_break=True):
+        lines.append(text)
+
+    model.summary(print_fn=collect)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def count_params(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    import numpy as np
+
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = trainable + int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return total, trainable
+
+
+def layer_table(model) -> list[tuple[str, str, tuple, int]]:
+    """(name, class, output shape, params) per layer: what the seeds' summaries list."""
+    rows = []
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        rows.append((layer.name, type(layer).__name__, tuple(shape.shape) if shape is not None else (), int(layer.count_params())))
+    return rows
+
+
+__all__ = ["build_model", "output_shape", "summary_text", "count_params", "layer_table", "layer_arguments"]

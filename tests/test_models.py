@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+
+from expkit.config import validate
+from expkit.errors import ConfigError
+from expkit.layers import LAYERS, build_layer
+from expkit.models import build_model, count_params, layer_table, output_shape, summary_text
+
+# A small input and a valid spec for every registered layer type (application has its own test).
+LAYER_CASES = {
+    "dense": ({"units": 4}, (6,), (None, 4)),
+    "conv1d": ({"filters": 2, "kernel_size": 3}, (8, 3), (None, 6, 2)),
+    "conv2d": ({"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}, (8, 8, 1), (None, 4, 4, 2)),
+    "conv3d": ({"filters": 2, "kernel_size": 2}, (4, 4, 4, 1), (None, 3, 3, 3, 2)),
+    "conv2d_transpose": ({"filters": 2, "kernel_size": 2, "strides": 2}, (4, 4, 1), (None, 8, 8, 2)),
+    "separable_conv2d": ({"filters": 2, "kernel_size": 3}, (8, 8, 2), (None, 6, 6, 2)),
+    "depthwise_conv2d": ({"kernel_size": 3}, (8, 8, 2), (None, 6, 6, 2)),
+    "max_pooling1d": (2, (8, 3), (None, 4, 3)),
+    "max_pooling2d": ({"pool_size": 2}, (8, 8, 1), (None, 4, 4, 1)),
+    "average_pooling1d": (2, (8, 3), (None, 4, 3)),
+    "average_pooling2d": ({"pool_size": 2}, (8, 8, 1), (None, 4, 4, 1)),
+    "global_max_pooling1d": (None, (8, 3), (None, 3)),
+    "global_max_pooling2d": ({}, (8, 8, 2), (None, 2)),
+    "global_average_pooling1d": (None, (8, 3), (None, 3)),
+    "global_average_pooling2d": ({}, (8, 8, 2), (None, 2)),
+    "flatten": ({}, (4, 4, 2), (None, 32)),
+    "reshape": ([4, 4, 1], (16,), (None, 4, 4, 1)),
+    "dropout": (0.3, (6,), (None, 6)),
+    "spatial_dropout2d": (0.3, (4, 4, 2), (None, 4, 4, 2)),
+    "gaussian_noise": (0.1, (6,), (None, 6)),
+    "batch_normalization": ({}, (6,), (None, 6)),
+    "layer_normalization": ({}, (6,), (None, 6)),
+    "activation": ("relu", (6,), (None, 6)),
+    "leaky_relu": (0.1, (6,), (None, 6)),
+    "relu": ({}, (6,), (None, 6)),
+    "prelu": ({}, (6,), (None, 6)),
+    "elu": (1.0, (6,), (None, 6)),
+    "softmax": ({}, (6,), (None, 6)),
+    "zero_padding2d": (1, (4, 4, 1), (None, 6, 6, 1)),
+    "cropping2d": (1, (4, 4, 1), (None, 2, 2, 1)),
+    "upsampling2d": (2, (4, 4, 1), (None, 8, 8, 1)),
+    "rescaling": (0.5, (6,), (None, 6)),
+}
+
+
+def test_every_registered_layer_has_a_case():
+    assert set(LAYERS.names()) - {"application"} == set(LAYER_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_builds_with_expected_shape_and_round_trips(name):
+    import keras
+
+    args, in_shape, out_shape = LAYER_CASES[name]
+    layer = build_layer(name, args, in_shape)
+    x = keras.Input(shape=in_shape)
+    y = layer(x)
+    assert tuple(y.shape) == out_shape
+    model = keras.Model(x, y)
+    data = np.random.default_rng(0).random((2, *in_shape)).astype("float32")
+    out = model.predict(data, verbose=0)
+    assert out.shape == (2, *out_shape[1:]) and np.isfinite(out).all()
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def cfg(layers, **train):
+    return validate({"name": "m", "model": {"layers": layers}, "train": train})
+
+
+def test_leaky_relu_slope_and_l1_l2_sugar():
+    model = build_model(cfg([{"dense": {"units": 4, "l1": 0.0003, "l2": 0.001}}, {"leaky_relu": 0.1},
+                             {"dense": {"units": 3, "activation": "softmax"}}]), (5,), 3)
+    reg = model.layers[0].kernel_regularizer
+    assert reg.l1 == pytest.approx(0.0003) and reg.l2 == pytest.approx(0.001)
+    assert model.layers[1].negative_slope == pytest.approx(0.1)
+    assert model.layers[2].kernel_regularizer is None
+
+
+def test_kernel_regularizer_mapping_and_initializer_with_seed():
+    spec = {"dense": {"units": 3, "activation": "softmax", "kernel_regularizer": {"l2": 0.01},
+                      "kernel_initializer": {"name": "glorot_normal", "seed": 14}}}
+    a = build_model(cfg([spec]), (4,), 3)
+    b = build_model(cfg([spec]), (4,), 3)
+    assert a.layers[0].kernel_regularizer.l2 == pytest.approx(0.01)
+    np.testing.assert_array_equal(a.layers[0].kernel.numpy(), b.layers[0].kernel.numpy())
+
+
+def test_keras_class_named_directly():
+    model = build_model(cfg([{"Flatten": {}}, {"dense": {"units": 2, "activation": "softmax"}}]), (3, 3), 2)
+    assert type(model.layers[0]).__name__ == "Flatten"
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg([{"Flaten": {}}, {"dense": {"units": 2}}]), (3, 3), 2)
+    assert info.value.path == "model.layers[0].Flaten" and "did you mean 'Flatten'" in info.value.message
+
+
+def test_image_shrinking_below_one_pixel_is_reported():
+    layers = [{"conv2d": {"filters": 4, "kernel_size": 3, "strides": 2}} for _ in range(4)]
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg(layers + [{"flatten": {}}, {"dense": {"units": 10}}]), (16, 16, 1), 10)
+    assert info.value.path.startswith("model.layers[")
+    assert info.value.path in ("model.layers[2].conv2d", "model.layers[3].conv2d")
+
+
+def test_output_size_must_match_classes():
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg([{"flatten": {}}, {"dense": {"units": 7, "activation": "softmax"}}]), (4, 4), 10)
+    assert info.value.path == "model.layers[1].dense" and "10 classes" in info.value.message
+
+
+def test_missing_and_unknown_arguments_name_the_layer():
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg([{"conv2d": {"kernel_size": 3}}, {"flatten": {}}, {"dense": {"units": 2}}]), (8, 8, 1), 2)
+    assert info.value.path == "model.layers[0].conv2d" and "filters" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg([{"dense": {"units": 2, "unitz": 3}}]), (4,), 2)
+    assert "unitz" in info.value.message
+
+
+def test_application_resnet50_without_weights():
+    spec = [{"application": {"name": "ResNet50", "include_top": False, "pooling": "avg"}},
+            {"dense": {"units": 7, "activation": "softmax"}}]
+    model = build_model(cfg(spec), (48, 48, 1), 7)
+    import keras
+
+    assert output_shape(model) == (None, 7)
+    body = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(48, 48, 1))
+    assert count_params(model)[0] == body.count_params() + 2048 * 7 + 7
+    with pytest.raises(ConfigError, match="did you mean 'ResNet50'"):
+        build_model(cfg([{"application": {"name": "ResNet05"}}]), (48, 48, 1), 7)
+
+
+def test_summary_text_and_layer_table():
+    model = build_model(cfg([{"dense": {"units": 32, "activation": "sigmoid"}},
+                             {"dense": {"units": 10, "activation": "softmax"}}]), (784,), 10)
+    text = summary_text(model)
+    assert "Total params: 25,450" in text
+    assert [(r[1], r[2], r[3]) for r in layer_table(model)] == [("Dense", (None, 32), 25120), ("Dense", (None, 10), 330)]
+
+
+def test_mixed_precision_keeps_output_in_float32():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(cfg([{"dense": {"units": 4}}, {"dense": {"units": 3, "activation": "softmax"}}],
+                                precision="mixed_bfloat16"), (5,), 3)
+        assert model.layers[0].compute_dtype == "bfloat16"
+        assert model.layers[-1].compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
