@@ -4,7 +4,7 @@ from pathlib import Path
 
 # Tests never download: dataset loaders that would fall back to Keras' download fail at once instead.
 os.environ["EXPKIT_OFFLINE"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pytest  # noqa: E402

@@ -1,0 +1,242 @@
+"""Seeds, device, compile, fit, evaluate. No YAML parsing and no reporting here."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import ExperimentConfig
+from .errors import ConfigError
+from .registry import did_you_mean
+
+KNOWN_OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl", "lion", "lamb", "adafactor"]
+
+# Work per compiled call that amortises Keras' per-step overhead on a CPU (multiply-accumulates).
+# Measured with benchmarks/bench_speed.py: see docs/performance.md.
+TARGET_MACS_PER_EXECUTION = 2e9
+MAX_STEPS_PER_EXECUTION = 64
+
+
+def select_device(device: str) -> str:
+    """Apply --device (auto|cpu|gpu) before TensorFlow touches a device; returns a description."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise ConfigError("--device gpu: TensorFlow sees no GPU on this machine (is the CUDA build of "
+                          "TensorFlow installed? `pip install tensorflow[and-cuda]`); use --device cpu or auto")
+    if device == "cpu" and gpus:
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # devices already initialised in this process: pin ops instead
+            pass
+        return "CPU"
+    if device in ("auto", "gpu") and gpus:
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                pass
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU ({details.get('device_name', gpus[0].name)})"
+    return "CPU"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def set_precision(precision: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def make_optimizer(cfg: ExperimentConfig, steps_per_epoch: int):
+    import keras
+
+    spec = cfg.train.optimizer
+    name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], {k: v for k, v in spec.items() if k != "name"})
+    path = ("train", "optimizer") if isinstance(spec, str) else ("train", "optimizer", "name")
+    if "learning_rate" in kwargs:
+        raise ConfigError("set the rate with train.learning_rate, not inside the optimizer", path=("train", "optimizer", "learning_rate"))
+    kwargs["learning_rate"] = learning_rate_value(cfg, steps_per_epoch)
+    try:
+        return keras.optimizers.get({"class_name": name, "config": kwargs})
+    except (ValueError, TypeError) as exc:
+        if name.lower() not in KNOWN_OPTIMIZERS and not hasattr(keras.optimizers, name):
+            raise ConfigError(f"unknown optimizer '{name}'{did_you_mean(name.lower(), KNOWN_OPTIMIZERS)}", path=path) from None
+        raise ConfigError(f"Keras rejected the optimizer: {str(exc).splitlines()[0]}", path=("train", "optimizer")) from None
+
+
+def learning_rate_value(cfg: ExperimentConfig, steps_per_epoch: int):
+    """A float, or a per-step Keras schedule for the schedules that live in the optimizer."""
+    import keras
+
+    lr, sched = cfg.train.learning_rate, cfg.train.schedule
+    if sched is None or sched.type in ("step", "plateau"):
+        return lr
+    decay_steps = max(1, int(round(sched.decay_epochs * steps_per_epoch)))
+    if sched.type == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(lr, decay_steps, sched.decay_rate, staircase=sched.staircase)
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(lr, total, alpha=sched.min_lr / lr)
+
+
+def check_loss(name: str) -> None:
+    import keras
+
+    try:
+        keras.losses.get(name)
+    except (ValueError, TypeError):
+        known = [n for n in dir(keras.losses) if n.islower() and not n.startswith("_")]
+        raise ConfigError(f"unknown loss '{name}'{did_you_mean(name, known)}", path=("train", "loss")) from None
+
+
+def model_macs_per_sample(model) -> float:
+    """Multiply-accumulates of one forward pass: dense kernels once, conv kernels once per output position."""
+    import numpy as np
+
+    macs = 0.0
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        size = float(np.prod(kernel.shape))
+        out = layer.output.shape
+        positions = float(np.prod(out[1:-1])) if len(out) > 2 else 1.0
+        macs += size * positions
+    return macs
+
+
+def auto_steps_per_execution(model, batch_size: int, steps_per_epoch: int) -> int:
+    """Batches per compiled call: enough to hide per-step overhead, never more than an epoch."""
+    step_macs = 3.0 * model_macs_per_sample(model) * batch_size  # forward + backward
+    wanted = int(TARGET_MACS_PER_EXECUTION // max(step_macs, 1.0))
+    return max(1, min(wanted, MAX_STEPS_PER_EXECUTION, steps_per_epoch))
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one row per epoch, metrics.csv's rows
+    fit_seconds: float = 0.0
+    test: dict | None = None
+    diverged: bool = False
+    stopped_early: bool = False
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+
+
+def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callable[[list[dict]], None] | None):
+    import keras
+    import numpy as np
+
+    class Recorder(keras.callbacks.Callback):
+        """Per-epoch rows with time and learning rate; stops cleanly when the loss turns NaN."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                result.diverged = True
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            row = {"epoch": epoch + 1}
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                row[key] = float(logs.pop(key, float("nan")))
+            opt = self.model.optimizer
+            row["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(opt.learning_rate)))
+            row["epoch_seconds"] = round(time.perf_counter() - self._start, 4)
+            for key in sorted(logs):
+                if key != "learning_rate":
+                    row[key] = float(logs[key])
+            if not math.isfinite(row["loss"]):
+                result.diverged = True
+                self.model.stop_training = True
+            result.history.append(row)
+            if on_epoch is not None:
+                on_epoch(result.history)
+
+    callbacks = [Recorder()]
+    sched, es = cfg.train.schedule, cfg.train.early_stopping
+    if sched is not None and sched.type == "step":
+        lr0 = cfg.train.learning_rate
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch: lr0 * sched.factor ** (epoch // sched.step_epochs)))
+    if sched is not None and sched.type == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=sched.monitor, factor=sched.factor, patience=sched.patience, min_lr=sched.min_lr))
+    if es is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode,
+            restore_best_weights=es.restore_best_weights))
+    return callbacks
+
+
+def _pipeline(x, y, batch_size: int, shuffle: bool, seed: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def resolve_input_pipeline(cfg: ExperimentConfig) -> str:
+    # Measured (docs/performance.md): for in-memory arrays the array adapter is as fast as a cached
+    # tf.data pipeline here, so `auto` keeps the plain path; tf_data stays available.
+    return "arrays" if cfg.train.input_pipeline == "auto" else cfg.train.input_pipeline
+
+
+def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None) -> TrainResult:
+    """Compile and fit `model` on `dataset`, then evaluate on its test split."""
+    check_loss(cfg.train.loss)
+    n_train = len(dataset.x_train)
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.train.batch_size))
+    result = TrainResult()
+    spe = cfg.train.steps_per_execution
+    result.steps_per_execution = auto_steps_per_execution(model, cfg.train.batch_size, steps_per_epoch) if spe == "auto" else spe
+    jit = cfg.train.jit_compile
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=cfg.train.loss,
+        metrics=list(cfg.train.metrics),
+        steps_per_execution=result.steps_per_execution,
+        jit_compile=jit,
+    )
+    result.jit_compile = bool(getattr(model, "jit_compile", False))
+    has_val = len(dataset.x_val) > 0
+    verbose = cfg.train.verbose if cfg.train.verbose != "auto" else (1 if sys.stdout.isatty() else 2)
+    callbacks = _make_callbacks(cfg, result, on_epoch)
+    fit_kwargs = dict(epochs=cfg.train.epochs, verbose=verbose, callbacks=callbacks)
+    if resolve_input_pipeline(cfg) == "tf_data":
+        train_data = _pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)
+        val_data = _pipeline(dataset.x_val, dataset.y_val, cfg.train.batch_size, False, cfg.seed) if has_val else None
+        fit_args = (train_data,)
+    else:
+        fit_args = (dataset.x_train, dataset.y_train)
+        fit_kwargs.update(batch_size=cfg.train.batch_size, shuffle=cfg.train.shuffle)
+        val_data = (dataset.x_val, dataset.y_val) if has_val else None
+    start = time.perf_counter()
+    model.fit(*fit_args, validation_data=val_data, **fit_kwargs)
+    result.fit_seconds = time.perf_counter() - start
+    if cfg.train.early_stopping is not None and not result.diverged:
+        result.stopped_early = len(result.history) < cfg.train.epochs
+    if dataset.x_test is not None and len(dataset.x_test) and not result.diverged:
+        scores = model.evaluate(dataset.x_test, dataset.y_test, batch_size=cfg.train.batch_size, verbose=0, return_dict=True)
+        result.test = {k: float(v) for k, v in scores.items()}
+    elif result.diverged:
+        result.test = {"loss": float("nan"), **{m: float("nan") for m in cfg.train.metrics}}
+    return result
