@@ -1,0 +1,215 @@
+"""`expkit diff`: compare two comparison tables (the CSV `format_table` writes), row by row.
+
+Rows are matched by their configuration: `run` and the swept-key / config columns both tables
+have; `path`, `status`, `seeds` and the metrics are what may change. Uses the csv module only, so
+the command starts without pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .report import DIFFERENCE_PREFIX, METRICS, format_number
+
+NOT_KEYS = {"path", "status", "seeds"}
+
+
+@dataclass
+class MetricDelta:
+    metric: str
+    old: float
+    new: float
+    delta: float                 # new - old; NaN when either side is NaN
+    verdict: str                 # "better", "worse", "changed" (no direction) or "same"
+    spread: float | None = None  # sqrt(std_old² + std_new²) when both sides repeat seeds
+    beyond_spread: bool | None = None
+
+
+@dataclass
+class DiffRow:
+    label: str
+    key: tuple                   # ((column, value), ...) the row was matched by
+    change: str                  # "same", "changed", "added" or "removed"
+    deltas: list[MetricDelta] = field(default_factory=list)
+    seeds: tuple[str, str] | None = None  # (old, new) seed counts, when they differ
+
+
+@dataclass
+class DiffResult:
+    text: str
+    worse: bool
+    rows: list[DiffRow]
+
+    @property
+    def changed(self) -> bool:
+        return any(r.change != "same" for r in self.rows)
+
+
+def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_worse: str | None = None,
+                tolerance: float = 0.0) -> DiffResult:
+    """Per-metric deltas between two tables; `worse` is True when `fail_on_worse` (a metric name)
+    got worse by more than `tolerance` on any matched row. Accuracies: higher is better; losses
+    and seconds: lower is better; a value that became NaN (divergence) is worse."""
+    old_cols, old_rows = _read_table(old_csv_path)
+    new_cols, new_rows = _read_table(new_csv_path)
+    metrics = [m for m in METRICS if m in old_cols and m in new_cols]
+    if fail_on_worse is not None:
+        directed = [m for m in metrics if METRICS[m][1] != 0]
+        if fail_on_worse not in directed:
+            raise ConfigError(f"--fail-on-worse: unknown metric '{fail_on_worse}' "
+                              f"(metrics in both tables: {', '.join(directed)})")
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance must be >= 0, found {tolerance}")
+
+    keys = [c for c in old_cols if c in new_cols and _is_key(c)]
+    matches = _match(old_rows, new_rows, keys)
+    rows: list[DiffRow] = []
+    worse_rows: list[str] = []
+    for new in new_rows:
+        old = matches.get(id(new))
+        key = tuple((k, new[k]) for k in keys)
+        if old is None:
+            rows.append(DiffRow(_label(new, keys, new_rows), key, "added"))
+            continue
+        deltas = [_delta(m, old, new) for m in metrics]
+        seeds = (old.get("seeds"), new.get("seeds")) if old.get("seeds") != new.get("seeds") else None
+        change = "changed" if seeds or any(d.verdict != "same" for d in deltas) else "same"
+        row = DiffRow(_label(new, keys, new_rows), key, change, deltas, seeds)
+        rows.append(row)
+        if fail_on_worse and any(d.metric == fail_on_worse and _worse_by(d) > tolerance for d in deltas):
+            worse_rows.append(row.label)
+    matched_old = {id(o) for o in matches.values()}
+    rows += [DiffRow(_label(o, keys, old_rows), tuple((k, o[k]) for k in keys), "removed")
+             for o in old_rows if id(o) not in matched_old]
+
+    text = _render(rows, old_cols, new_cols)
+    if worse_rows:
+        text += (f"worse: {fail_on_worse} got worse by more than {tolerance:g} in "
+                 f"{len(worse_rows)} row(s): {', '.join(worse_rows)}\n")
+    return DiffResult(text, bool(worse_rows), rows)
+
+
+def _is_key(column: str) -> bool:
+    if column in NOT_KEYS or column in METRICS:
+        return False
+    return not (column.endswith("_std") and column[:-4] in METRICS)
+
+
+def _read_table(path) -> tuple[list[str], list[dict]]:
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read as CSV: {exc}", file=path) from None
+    if "run" not in columns:
+        raise ConfigError("not an expkit table: expected a CSV with a 'run' column "
+                          "(`expkit table --format csv`)", file=path)
+    # difference rows are derived from the others: comparing them again says nothing new
+    return columns, [r for r in rows if not (r["run"] or "").startswith(DIFFERENCE_PREFIX)]
+
+
+def _match(old_rows: list[dict], new_rows: list[dict], keys: list[str]) -> dict[int, dict]:
+    """id(new row) -> old row; rows with the same key pair up in order of appearance."""
+    waiting: dict[tuple, list[dict]] = {}
+    for row in old_rows:
+        waiting.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = {}
+    for row in new_rows:
+        candidates = waiting.get(tuple(row[k] for k in keys))
+        if candidates:
+            out[id(row)] = candidates.pop(0)
+    return out
+
+
+def _number(row: dict, column: str) -> float:
+    try:
+        return float(row.get(column) or "nan")
+    except ValueError:
+        return math.nan
+
+
+def _delta(metric: str, old: dict, new: dict) -> MetricDelta:
+    a, b = _number(old, metric), _number(new, metric)
+    direction = METRICS[metric][1]
+    delta = b - a
+    if math.isnan(a) and math.isnan(b):
+        verdict = "same"
+    elif math.isnan(a) or math.isnan(b):
+        verdict = "changed" if direction == 0 else ("worse" if math.isnan(b) else "better")
+    elif round(delta, 10) == 0:
+        verdict = "same"
+    elif direction == 0:
+        verdict = "changed"
+    else:
+        verdict = "better" if delta * direction > 0 else "worse"
+    out = MetricDelta(metric, a, b, delta, verdict)
+    sa, sb = _number(old, f"{metric}_std"), _number(new, f"{metric}_std")
+    if not (math.isnan(sa) or math.isnan(sb) or math.isnan(delta)):
+        out.spread = math.sqrt(sa ** 2 + sb ** 2)
+        out.beyond_spread = round(abs(delta) - out.spread, 10) > 0
+    return out
+
+
+def _worse_by(d: MetricDelta) -> float:
+    """How much worse the new value is (positive: worse); NaN replacing a number is infinitely worse."""
+    if d.verdict != "worse":
+        return 0.0
+    if math.isnan(d.delta):
+        return math.inf
+    return round(-d.delta * METRICS[d.metric][1], 10)
+
+
+def _label(row: dict, keys: list[str], rows: list[dict]) -> str:
+    """The run label; the other key values too when the label alone is not unique in its table."""
+    label = row["run"]
+    others = [k for k in keys if k != "run"]
+    if others and sum(r["run"] == label for r in rows) > 1:
+        label += " (" + ", ".join(f"{k}={row[k]}" for k in others) + ")"
+    return label
+
+
+def _render(rows: list[DiffRow], old_cols: list[str], new_cols: list[str]) -> str:
+    lines = []
+    only_old = [c for c in old_cols if c not in new_cols]
+    only_new = [c for c in new_cols if c not in old_cols]
+    if only_old:
+        lines.append(f"columns only in the old table: {', '.join(only_old)}")
+    if only_new:
+        lines.append(f"columns only in the new table: {', '.join(only_new)}")
+    counts = {kind: sum(r.change == kind for r in rows) for kind in ("changed", "same", "added", "removed")}
+    if counts["changed"] == counts["added"] == counts["removed"] == 0:
+        lines.append(f"no change ({counts['same']} row{'s' if counts['same'] != 1 else ''} match)")
+        return "\n".join(lines) + "\n"
+    width = max([len(d.metric) for r in rows for d in r.deltas] + [0])
+    for row in rows:
+        if row.change == "added":
+            lines.append(f"+ {row.label}  (added)")
+        elif row.change == "removed":
+            lines.append(f"- {row.label}  (removed)")
+        elif row.change == "changed":
+            lines.append(f"~ {row.label}")
+            if row.seeds:
+                lines.append(f"    {'seeds':<{width}}  {row.seeds[0]} -> {row.seeds[1]}")
+            lines += [_render_delta(d, width) for d in row.deltas if d.verdict != "same"]
+    lines.append(", ".join(f"{n} {kind}" for kind, n in counts.items() if n))
+    return "\n".join(lines) + "\n"
+
+
+def _render_delta(d: MetricDelta, width: int) -> str:
+    old, new = format_number(d.metric, d.old), format_number(d.metric, d.new)
+    text = f"    {d.metric:<{width}}  {old} -> {new}  {format_number(d.metric, d.delta, signed=True)}"
+    if d.verdict in ("better", "worse"):
+        text += f"  {d.verdict}"
+    if d.spread is not None:
+        where = "beyond" if d.beyond_spread else "within"
+        text += f"  ({where} the seed spread {format_number(d.metric, d.spread)})"
+    return text

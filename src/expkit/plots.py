@@ -1,0 +1,185 @@
+"""Every PNG expkit draws. matplotlib is imported inside the functions; figures are drawn on the
+Agg canvas without pyplot (no global figure state, no display needed) and written whole."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ConfigError
+from .files import write_figure_atomic
+from .report import DIFFERENCE_PREFIX, format_number
+
+DPI = 100
+
+
+def _figure(panels: int, *, width: float = 4.6, height: float = 3.6):
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:  # never switch the backend under a caller's pyplot
+        matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * panels, height), layout="constrained")
+    return fig, list(fig.subplots(1, panels, squeeze=False)[0])
+
+
+def use_log_scale(values: Iterable) -> bool:
+    """A log axis when every value is positive and they span two decades or more."""
+    numbers = [v for v in (_float(x) for x in values) if math.isfinite(v)]
+    if not numbers or min(numbers) <= 0:
+        return False
+    return max(numbers) / min(numbers) >= 100
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_metrics(path: Path) -> tuple[list[str], dict[str, list[float]]]:
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise ConfigError("file not found; expected a run's metrics.csv", file=path) from None
+    return columns, {c: [_float(r.get(c)) for r in rows] for c in columns}
+
+
+def plot_curves(metrics_csv_path: str | Path, out_png: str | Path, title: str) -> Path:
+    """Loss and accuracy per epoch, train against validation, in two panels."""
+    columns, data = _read_metrics(Path(metrics_csv_path))
+    epochs = data.get("epoch") or list(range(1, len(next(iter(data.values()), [])) + 1))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(2)
+    for ax, name in zip(axes, ("loss", "accuracy")):
+        for column, label, style in ((name, "train", "o-"), (f"val_{name}", "validation", "s--")):
+            if column in data:
+                ax.plot(epochs, data[column], style, label=label, markersize=4)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
+def _counterpart(metric: str) -> str:
+    if "accuracy" in metric:
+        return metric.replace("accuracy", "loss")
+    return metric.replace("loss", "accuracy")
+
+
+def _table_rows(table, needed: list[str]) -> list[dict]:
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ConfigError(f"the table has no column '{missing[0]}' (columns: {', '.join(map(str, table.columns))})")
+    return [r for r in table.to_dict("records") if not str(r.get("run", "")).startswith(DIFFERENCE_PREFIX)]
+
+
+def plot_sweep(table, key: str, out_png: str | Path, metric: str = "best_val_accuracy") -> Path:
+    """A sweep over one numeric key: `metric`, its loss (or accuracy) counterpart and the fit
+    seconds against the key's value, one panel each. Log x axis when the values span two decades;
+    error bars from `_std` columns; diverged trials (status diverged, or the metric NaN) marked
+    with a red x at the foot of the panel."""
+    rows = _table_rows(table, [key, metric])
+    values = [_float(r[key]) for r in rows]
+    if any(math.isnan(v) for v in values):
+        bad = next(r[key] for r, v in zip(rows, values) if math.isnan(v))
+        raise ConfigError(f"plot_sweep needs a numeric key: '{key}' has the value {bad!r}")
+    rows = [r for _, r in sorted(zip(values, rows), key=lambda pair: pair[0])]
+    x = sorted(values)
+    panels = [metric] + [c for c in (_counterpart(metric), "fit_seconds") if c in table.columns and c != metric]
+    fig, axes = _figure(len(panels), width=4.2)
+    log = use_log_scale(x)
+    diverged = [i for i, r in enumerate(rows) if "diverged" in str(r.get("status", "")) or math.isnan(_float(r[metric]))]
+    for ax, column in zip(axes, panels):
+        y = [_float(r[column]) for r in rows]
+        std = [_float(r.get(f"{column}_std")) for r in rows]
+        if any(math.isfinite(s) for s in std):
+            ax.errorbar(x, y, yerr=[s if math.isfinite(s) else 0.0 for s in std], fmt="o-", capsize=3)
+        else:
+            ax.plot(x, y, "o-")
+        if diverged:
+            mark = {"marker": "x", "linestyle": "none", "color": "red", "markersize": 9, "mew": 2}
+            at_value = [i for i in diverged if math.isfinite(y[i])]
+            at_foot = [i for i in diverged if not math.isfinite(y[i])]
+            if at_value:
+                ax.plot([x[i] for i in at_value], [y[i] for i in at_value], label="diverged", **mark)
+            if at_foot:  # NaN has no height: marked at the foot of the panel (x in data units)
+                ax.plot([x[i] for i in at_foot], [0.04] * len(at_foot), transform=ax.get_xaxis_transform(),
+                        label="diverged (NaN)", clip_on=False, **mark)
+            ax.legend()
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{', '.join(panels)} against {key}")
+    return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
+def plot_overlay(run_dirs_with_labels: Iterable[tuple[str | Path, str]], out_png: str | Path,
+                 metric: str = "val_accuracy") -> Path:
+    """`metric` per epoch of several runs (a sweep's trials) on one axis. Runs without a
+    metrics.csv yet are left out."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    runs = [(Path(d) / "metrics.csv", label) for d, label in run_dirs_with_labels]
+    runs = [(path, label) for path, label in runs if path.is_file()]
+    # past ten runs the default cycle repeats colours: a sequential map keeps the trial order readable
+    colors = colormaps["tab10"].colors if len(runs) <= 10 else colormaps["viridis"]([i / (len(runs) - 1) for i in range(len(runs))])
+    fig, (ax,) = _figure(1, width=7.5, height=4.5)
+    seen: list[str] = []
+    for (path, label), color in zip(runs, colors):
+        columns, data = _read_metrics(path)
+        seen += [c for c in columns if c not in seen]
+        if metric in data:
+            epochs = data.get("epoch") or range(1, len(data[metric]) + 1)
+            ax.plot(epochs, data[metric], "o-", markersize=3, label=label, color=color)
+    if seen and not ax.lines:
+        raise ConfigError(f"no run logged '{metric}' (metrics.csv columns: {', '.join(seen)})")
+    if ax.lines:
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.text(0.5, 0.5, "no epochs recorded yet", ha="center", va="center", transform=ax.transAxes)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{metric} per epoch")
+    return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
+def plot_bars(table, out_png: str | Path, metric: str = "best_val_accuracy") -> Path:
+    """One bar per compared row (difference rows left out), error bars from `<metric>_std`,
+    each bar labelled with its value."""
+    rows = _table_rows(table, ["run", metric])
+    labels = [str(r["run"]) for r in rows]
+    y = [_float(r[metric]) for r in rows]
+    std = [_float(r.get(f"{metric}_std")) for r in rows]
+    fig, (ax,) = _figure(1, width=max(4.0, 1.1 * len(rows) + 2), height=4.2)
+    heights = [v if math.isfinite(v) else 0.0 for v in y]
+    yerr = [s if math.isfinite(s) else 0.0 for s in std] if any(math.isfinite(s) for s in std) else None
+    bars = ax.bar(range(len(rows)), heights, yerr=yerr, capsize=4, color="tab:blue")
+    ax.bar_label(bars, labels=[format_number(metric, v) for v in y], padding=2, fontsize="small")
+    long = max(map(len, labels), default=0) > 10
+    ax.set_xticks(range(len(rows)), labels, rotation=30 if long else 0, ha="right" if long else "center")
+    ax.margins(y=0.12)  # room for the value labels under the title
+    ax.set_ylabel(metric)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(metric)
+    return write_figure_atomic(fig, out_png, dpi=DPI)

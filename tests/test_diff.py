@@ -1,0 +1,164 @@
+import csv
+
+import pytest
+
+from expkit.diff import diff_tables
+from expkit.errors import ConfigError
+from expkit.report import collect_runs, comparison_table, format_table
+from test_report import write_run, write_sweep
+
+
+def write_table(path, runs, **kwargs):
+    path.write_text(format_table(comparison_table(collect_runs(runs), **kwargs), "csv"))
+    return path
+
+
+def edit_csv(src, dst, edit):
+    """Copy a table CSV, calling edit(rows) on its list of row dicts first."""
+    with open(src, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows, columns = list(reader), reader.fieldnames
+    rows = edit(rows) or rows
+    with open(dst, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return dst
+
+
+@pytest.fixture
+def table(tmp_path):
+    runs = [write_run(tmp_path / "cnn1" / "r", name="cnn1", best=(0.84, 0.8455, 0.44, 0.4194)),
+            write_run(tmp_path / "cnn2" / "r", name="cnn2", best=(0.82, 0.7980, 0.49, 0.5364))]
+    return write_table(tmp_path / "old.csv", runs)
+
+
+def set_value(run, column, value):
+    def edit(rows):
+        for row in rows:
+            if row["run"] == run:
+                row[column] = value
+    return edit
+
+
+def test_a_table_against_itself_is_no_change(table):
+    result = diff_tables(table, table, fail_on_worse="best_val_accuracy")
+    assert result.text == "no change (2 rows match)\n"
+    assert result.worse is False and result.changed is False
+    assert [(r.label, r.change) for r in result.rows] == [("cnn1", "same"), ("cnn2", "same")]
+
+
+def test_worse_beyond_the_tolerance(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_accuracy", "0.8255"))
+    result = diff_tables(table, new, fail_on_worse="best_val_accuracy", tolerance=0.01)
+    assert result.worse is True
+    assert result.text == (
+        "~ cnn1\n"
+        "    best_val_accuracy  0.8455 -> 0.8255  -0.0200  worse\n"
+        "1 changed, 1 same\n"
+        "worse: best_val_accuracy got worse by more than 0.01 in 1 row(s): cnn1\n")
+    (delta,) = [d for d in result.rows[0].deltas if d.metric == "best_val_accuracy"]
+    assert (delta.old, delta.new, delta.verdict) == (0.8455, 0.8255, "worse")
+    assert delta.delta == pytest.approx(-0.02)
+
+
+def test_worse_within_the_tolerance_passes(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_accuracy", "0.8355"))
+    # exactly the tolerance (0.01, despite 0.8455 - 0.8355 = 0.010000000000000009) is not beyond it
+    assert diff_tables(table, new, fail_on_worse="best_val_accuracy", tolerance=0.01).worse is False
+    assert diff_tables(table, new, fail_on_worse="best_val_accuracy", tolerance=0.005).worse is True
+    # another metric getting worse does not fail this one
+    assert diff_tables(table, new, fail_on_worse="best_val_loss").worse is False
+
+
+def test_direction_losses_lower_is_better(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn2", "best_val_loss", "0.6000"))
+    result = diff_tables(table, new, fail_on_worse="best_val_loss")
+    assert result.worse is True
+    assert "    best_val_loss      0.5364 -> 0.6000  +0.0636  worse\n" in result.text
+    better = edit_csv(table, tmp_path / "better.csv", set_value("cnn2", "best_val_loss", "0.5000"))
+    result = diff_tables(table, better, fail_on_worse="best_val_loss")
+    assert result.worse is False and "-0.0364  better" in result.text
+
+
+def test_a_metric_becoming_nan_is_worse(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_loss", "nan"))
+    result = diff_tables(table, new, fail_on_worse="best_val_loss", tolerance=100)
+    assert result.worse is True
+    assert "best_val_loss      0.4194 -> nan  nan  worse" in result.text
+
+
+def test_added_and_removed_rows(table, tmp_path):
+    def swap(rows):
+        rows[1]["run"] = "cnn3"
+    new = edit_csv(table, tmp_path / "new.csv", swap)
+    result = diff_tables(table, new, fail_on_worse="best_val_accuracy")
+    assert [(r.label, r.change) for r in result.rows] == [("cnn1", "same"), ("cnn3", "added"), ("cnn2", "removed")]
+    assert result.text == "+ cnn3  (added)\n- cnn2  (removed)\n1 same, 1 added, 1 removed\n"
+    assert result.worse is False
+
+
+def test_rows_match_by_config_not_by_path_or_order(tmp_path):
+    def sweep(name, trials):
+        return write_sweep(tmp_path / name, [(t, {"train.learning_rate": lr}, 0, {"best": (0.8, acc, 0.5, 0.5)})
+                                             for t, lr, acc in trials])
+    old = write_table(tmp_path / "old.csv", [sweep("a", [("t1", 0.1, 0.80), ("t2", 0.01, 0.85)])])
+    new = write_table(tmp_path / "new.csv", [sweep("b", [("u2", 0.01, 0.86), ("u1", 0.1, 0.80)])])
+    result = diff_tables(old, new)
+    assert [(r.key, r.change) for r in result.rows] == [
+        ((("run", "sweep_lr[learning_rate=0.01]"), ("train.learning_rate", "0.01")), "changed"),
+        ((("run", "sweep_lr[learning_rate=0.1]"), ("train.learning_rate", "0.1")), "same")]
+
+
+def seeded_table(tmp_path, name, accs):
+    return write_table(tmp_path / f"{name}.csv", [
+        write_run(tmp_path / name / f"r{seed}", name="cnn1", seed=seed, best=(0.8, acc, 0.5, 0.5))
+        for seed, acc in enumerate(accs)])
+
+
+def test_the_seed_spread_verdict(tmp_path):
+    old = seeded_table(tmp_path, "old", [0.80, 0.82])    # mean 0.81, std 0.0141
+    near = seeded_table(tmp_path, "near", [0.81, 0.83])  # +0.01: within sqrt(2) * 0.0141 = 0.0199
+    far = seeded_table(tmp_path, "far", [0.85, 0.87])    # +0.05: beyond it
+    (delta,) = [d for d in diff_tables(old, near).rows[0].deltas if d.metric == "best_val_accuracy"]
+    assert delta.spread == pytest.approx(0.02, abs=1e-4) and delta.beyond_spread is False
+    result = diff_tables(old, far)
+    assert "best_val_accuracy  0.8100 -> 0.8600  +0.0500  better  (beyond the seed spread 0.0199)" in result.text
+    assert "(within the seed spread 0.0199)" in diff_tables(old, near).text
+
+
+def test_no_spread_verdict_without_repeated_seeds(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_accuracy", "0.9"))
+    (delta,) = [d for d in diff_tables(table, new).rows[0].deltas if d.metric == "best_val_accuracy"]
+    assert delta.spread is None and delta.beyond_spread is None
+    assert "seed spread" not in diff_tables(table, new).text
+
+
+def test_seed_count_change_is_reported(tmp_path):
+    old = seeded_table(tmp_path, "old", [0.80, 0.80])
+    new = seeded_table(tmp_path, "new", [0.80, 0.80, 0.80])
+    result = diff_tables(old, new)
+    assert result.text.splitlines()[:2] == ["~ cnn1", "    seeds              2 -> 3"]
+
+
+def test_difference_rows_are_not_compared(tmp_path):
+    runs = [write_run(tmp_path / "a" / "r", name="a", best=(0.8, 0.8, 0.5, 0.5)),
+            write_run(tmp_path / "b" / "r", name="b", best=(0.7, 0.7, 0.6, 0.6))]
+    with_diff = write_table(tmp_path / "old.csv", runs, baseline="b")
+    plain = write_table(tmp_path / "new.csv", runs)
+    assert diff_tables(with_diff, plain).text == "no change (2 rows match)\n"
+
+
+def test_unknown_metric_lists_the_metric_columns(table):
+    with pytest.raises(ConfigError, match=r"unknown metric 'val_acc' \(metrics in both tables: best_accuracy, "
+                                          r"best_val_accuracy, best_loss, best_val_loss, test_loss, test_accuracy, "
+                                          r"fit_seconds\)"):
+        diff_tables(table, table, fail_on_worse="val_acc")
+
+
+def test_not_a_table(tmp_path, table):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="x.csv: not an expkit table"):
+        diff_tables(table, tmp_path / "x.csv")
+    with pytest.raises(ConfigError, match="missing.csv: file not found"):
+        diff_tables(tmp_path / "missing.csv", table)
