@@ -92,8 +92,9 @@ def manifest(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path) -> dic
     }
 
 
-def dry_run(cfg: ExperimentConfig, out=sys.stdout) -> list[dict]:
+def dry_run(cfg: ExperimentConfig, out=None) -> list[dict]:
     """Build every trial's model (no data load, no training) and print the trial table."""
+    out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
     import keras
 
     from .runner import prepare
@@ -129,8 +130,9 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device="auto", fail_fast=False, log=sys.stderr) -> tuple[Path, dict]:
+def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device="auto", fail_fast=False, log=None) -> tuple[Path, dict]:
     """Run every trial not yet finished; returns (sweep folder, counts by status)."""
+    log = log or sys.stderr
     import keras
 
     from .data import load_dataset
