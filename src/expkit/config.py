@@ -84,13 +84,17 @@ class TrainConfig(Section):
     steps_per_execution: Union[int, Literal["auto"]] = Field(
         "auto", description="Batches per compiled call; auto picks from the model's cost per step. 1 is plain Keras."
     )
+    validation_batch_size: Union[int, Literal["auto"]] = Field(
+        "auto", description="Batch size for validation and test evaluation (forward only, so larger is cheaper "
+        "per example and gives the same metrics); auto: max(batch_size, 256).",
+    )
     jit_compile: Union[bool, Literal["auto"]] = Field("auto", description="XLA compilation; auto follows Keras' choice.")
     input_pipeline: Literal["auto", "arrays", "tf_data"] = Field(
         "auto", description="arrays: numpy straight into fit, as a plain script does; tf_data: cached, prefetched dataset."
     )
     verbose: Literal["auto", 0, 1, 2] = Field("auto", description="Keras fit verbosity; auto shows the bar on a terminal.")
 
-    @field_validator("steps_per_execution")
+    @field_validator("steps_per_execution", "validation_batch_size")
     @classmethod
     def _positive_steps(cls, v):
         if isinstance(v, int) and v < 1:

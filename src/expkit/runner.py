@@ -122,6 +122,7 @@ def _finish(run: RunFolder, record: dict, result, status: str, error: str | None
         stopped_early=bool(result and result.stopped_early), diverged=bool(result and result.diverged),
         samples_per_second=round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
         steps_per_execution=result.steps_per_execution if result is not None else None,
+        eval_batch_size=result.eval_batch_size if result is not None else None,
         jit_compile=result.jit_compile if result is not None else None,
         ended=now_iso(),
     )

@@ -14,10 +14,13 @@ from .registry import did_you_mean
 
 KNOWN_OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl", "lion", "lamb", "adafactor"]
 
-# Work per compiled call that amortises Keras' per-step overhead on a CPU (multiply-accumulates).
-# Measured with benchmarks/bench_speed.py: see docs/performance.md.
-TARGET_MACS_PER_EXECUTION = 2e9
+# Work per compiled call that amortises Keras' per-step overhead (multiply-accumulates, forward and
+# backward). 4e10 is about half a second of training on this 2-core CPU: the dense baseline gets the
+# cap, the seed's CNNs 16 to 32. Measured with benchmarks/bench_speed.py: see docs/performance.md.
+TARGET_MACS_PER_EXECUTION = 4e10
 MAX_STEPS_PER_EXECUTION = 64
+# Evaluation runs forward only; below this batch size Keras' per-batch overhead dominates it.
+MIN_EVAL_BATCH_SIZE = 256
 
 
 def select_device(device: str) -> str:
@@ -132,6 +135,7 @@ class TrainResult:
     diverged: bool = False
     stopped_early: bool = False
     steps_per_execution: int = 1
+    eval_batch_size: int = 0
     jit_compile: bool = False
 
 
@@ -194,6 +198,12 @@ def _pipeline(x, y, batch_size: int, shuffle: bool, seed: int):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def eval_batch_size(cfg: ExperimentConfig) -> int:
+    """Validation/test batch size: the metrics are per-example means, so the batch size does not change them."""
+    v = cfg.train.validation_batch_size
+    return max(cfg.train.batch_size, MIN_EVAL_BATCH_SIZE) if v == "auto" else v
+
+
 def resolve_input_pipeline(cfg: ExperimentConfig) -> str:
     # Measured (docs/performance.md): for in-memory arrays the array adapter is as fast as a cached
     # tf.data pipeline here, so `auto` keeps the plain path; tf_data stays available.
@@ -221,13 +231,14 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None) -> TrainResul
     verbose = cfg.train.verbose if cfg.train.verbose != "auto" else (1 if sys.stdout.isatty() else 2)
     callbacks = _make_callbacks(cfg, result, on_epoch)
     fit_kwargs = dict(epochs=cfg.train.epochs, verbose=verbose, callbacks=callbacks)
+    eval_batch = result.eval_batch_size = eval_batch_size(cfg)
     if resolve_input_pipeline(cfg) == "tf_data":
         train_data = _pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)
-        val_data = _pipeline(dataset.x_val, dataset.y_val, cfg.train.batch_size, False, cfg.seed) if has_val else None
+        val_data = _pipeline(dataset.x_val, dataset.y_val, eval_batch, False, cfg.seed) if has_val else None
         fit_args = (train_data,)
     else:
         fit_args = (dataset.x_train, dataset.y_train)
-        fit_kwargs.update(batch_size=cfg.train.batch_size, shuffle=cfg.train.shuffle)
+        fit_kwargs.update(batch_size=cfg.train.batch_size, shuffle=cfg.train.shuffle, validation_batch_size=eval_batch)
         val_data = (dataset.x_val, dataset.y_val) if has_val else None
     start = time.perf_counter()
     model.fit(*fit_args, validation_data=val_data, **fit_kwargs)
@@ -235,7 +246,7 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None) -> TrainResul
     if cfg.train.early_stopping is not None and not result.diverged:
         result.stopped_early = len(result.history) < cfg.train.epochs
     if dataset.x_test is not None and len(dataset.x_test) and not result.diverged:
-        scores = model.evaluate(dataset.x_test, dataset.y_test, batch_size=cfg.train.batch_size, verbose=0, return_dict=True)
+        scores = model.evaluate(dataset.x_test, dataset.y_test, batch_size=eval_batch, verbose=0, return_dict=True)
         result.test = {k: float(v) for k, v in scores.items()}
     elif result.diverged:
         result.test = {"loss": float("nan"), **{m: float("nan") for m in cfg.train.metrics}}
