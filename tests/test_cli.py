@@ -99,3 +99,105 @@ def test_gpu_asked_for_and_absent(tmp_path, tiny_config, capsys):
     assert main(["run", str(path), "--device", "gpu", "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "no GPU" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+# --- every user mistake: one line naming file and key, exit 2, nothing written ---------------------
+
+SYNTHETIC = {"dataset": "synthetic", "options": {"n_train": 60, "n_test": 20, "shape": [8, 8], "classes": 3}}
+
+
+def _tiny_run_config(sections: dict) -> dict:
+    from expkit.config import deep_merge
+
+    base = {"data": SYNTHETIC, "train": {"epochs": 1, "verbose": 0},
+            "model": {"layers": [{"flatten": {}}, {"dense": {"units": 3, "activation": "softmax"}}]}}
+    return deep_merge(base, sections)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("sections, extra, where", [
+    ({"train": {"optimizer": "adamm"}}, [], "train.optimizer: unknown optimizer 'adamm'; did you mean 'adam'?"),
+    ({"train": {"optimizer": {"name": "adamm"}}}, [], "train.optimizer.name: unknown optimizer 'adamm'"),
+    ({"train": {"optimizer": {"name": "sgd", "momentun": 0.9}}}, [], "train.optimizer: Keras rejected the optimizer"),
+    ({"train": {"loss": "categorical_crossentropi"}}, [], "train.loss: unknown loss 'categorical_crossentropi'"),
+    ({"train": {"optimizer": "adamm"}}, ["--dry-run"], "train.optimizer: unknown optimizer 'adamm'"),
+    ({"train": {"metrics": ["acuracy"]}}, [], "train.metrics[0]: unknown metric 'acuracy'; did you mean 'accuracy'?"),
+    ({"data": {"labels": "integer"}}, [], "train.loss: categorical_crossentropy does not fit integer labels"),
+    ({"data": {"labels": "one_hot"}, "train": {"loss": "sparse_categorical_crossentropy"}}, [],
+     "train.loss: sparse_categorical_crossentropy does not fit one-hot labels"),
+    ({"train": {"loss": "binary_crossentropy"}}, [], "train.loss: binary_crossentropy does not fit integer labels"),
+    ({"train": {"early_stopping": {"monitor": "val_acc"}}}, [],
+     "train.early_stopping.monitor: 'val_acc' is not a metric this run logs; did you mean 'val_accuracy'?"),
+    ({"train": {"schedule": {"type": "plateau", "monitor": "val_acc"}}}, [], "train.schedule.monitor: 'val_acc' is not"),
+    ({"name": "a/../../b"}, [], "name: must be a plain folder name"),
+    ({"model": {"layers": [{"reshape": [7, 7, 1]}, {"flatten": {}}, {"dense": 3}]}}, [],
+     "model.layers[0].reshape: Keras rejected this layer: The total size of the tensor must be unchanged"),
+], ids=["optimizer", "optimizer-mapping", "optimizer-argument", "loss", "optimizer-dry-run", "metric",
+        "integer-labels-categorical-loss", "one-hot-labels-sparse-loss", "binary-loss-3-classes",
+        "early-stopping-monitor", "plateau-monitor", "name-with-slash", "reshape-size"])
+def test_run_mistake_is_one_line_before_anything_is_written(tmp_path, capsys, sections, extra, where):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_tiny_run_config(sections)))
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs), "--device", "cpu", *extra]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"expkit: error: {path}: {where}"), line
+    assert not runs.exists()
+
+
+def test_runs_dir_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(_tiny_run_config({})))
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+    assert _one_error_line(capsys).startswith(f"expkit: error: {runs}: is a file; --runs-dir needs a folder")
+    assert runs.read_text() == "not a folder"
+
+
+def _bad_results_json(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("[1, 2]")
+    return ["table", str(tmp_path / "run")], f"{tmp_path / 'run' / 'results.json'}: expected a JSON mapping, found list"
+
+
+def _bad_manifest(tmp_path):
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "manifest.json").write_text('{"trials": [1, 2]}')
+    return ["table", str(tmp_path / "sweep")], f"{tmp_path / 'sweep' / 'manifest.json'}: expected a mapping with a 'trials' list"
+
+
+def _diff_missing(tmp_path):
+    (tmp_path / "new.csv").write_text("run,best_val_accuracy\na,0.5\n")
+    return ["diff", str(tmp_path / "old.csv"), str(tmp_path / "new.csv")], f"{tmp_path / 'old.csv'}: file not found"
+
+
+def _diff_not_a_table(tmp_path):
+    for name in ("old.csv", "new.csv"):
+        (tmp_path / name).write_text("x,y\n1,2\n")
+    return ["diff", str(tmp_path / "old.csv"), str(tmp_path / "new.csv")], f"{tmp_path / 'old.csv'}: not an expkit table"
+
+
+def _diff_unknown_metric(tmp_path):
+    for name, value in (("old.csv", 0.5), ("new.csv", 0.4)):
+        (tmp_path / name).write_text(f"run,best_val_accuracy\na,{value}\n")
+    return (["diff", str(tmp_path / "old.csv"), str(tmp_path / "new.csv"), "--fail-on-worse", "best_val_acc"],
+            "--fail-on-worse: unknown metric 'best_val_acc' (metrics in both tables: best_val_accuracy)")
+
+
+@pytest.mark.parametrize("setup", [_bad_results_json, _bad_manifest, _diff_missing, _diff_not_a_table, _diff_unknown_metric],
+                         ids=["table-results-not-mapping", "table-trials-not-mappings", "diff-missing-file",
+                              "diff-not-expkit-table", "diff-unknown-metric"])
+def test_table_and_diff_mistakes_are_one_line(tmp_path, capsys, setup):
+    argv, where = setup(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"expkit: error: {where}"), line
+    assert sorted(tmp_path.rglob("*")) == before

@@ -46,6 +46,8 @@ def _load(args):
 
 def cmd_run(args) -> int:
     cfg = _load(args)
+    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        raise ConfigError("is a file; --runs-dir needs a folder (it is created when missing)", file=args.runs_dir)
     _quiet_tensorflow()
     if cfg.sweep is not None:
         from .sweep import dry_run, run_sweep
@@ -128,7 +130,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from .report import diff_tables
+    from .diff import diff_tables
 
     result = diff_tables(args.old, args.new, fail_on_worse=args.fail_on_worse, tolerance=args.tolerance)
     sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")

@@ -94,6 +94,22 @@ class TrainConfig(Section):
     )
     verbose: Literal["auto", 0, 1, 2] = Field("auto", description="Keras fit verbosity; auto shows the bar on a terminal.")
 
+    @model_validator(mode="after")
+    def _monitors_are_logged(self):
+        # Keras only warns about (or, with mode auto, fails mid-fit on) a monitor it never logs;
+        # the names it logs are the loss and each metric as written, with val_ for validation.
+        logged = ["loss", *self.metrics]
+        watchers = [("early_stopping", self.early_stopping)]
+        if self.schedule is not None and self.schedule.type == "plateau":
+            watchers.append(("schedule", self.schedule))
+        for key, section in watchers:
+            if section is not None and section.monitor.removeprefix("val_") not in logged:
+                names = [n for m in logged for n in (m, f"val_{m}")]
+                raise ConfigError(
+                    f"'{section.monitor}' is not a metric this run logs{did_you_mean(section.monitor, names)} "
+                    f"(logged: {', '.join(names)})", path=("train", key, "monitor"))
+        return self
+
     @field_validator("steps_per_execution", "validation_batch_size")
     @classmethod
     def _positive_steps(cls, v):
@@ -157,6 +173,14 @@ class ExperimentConfig(Section):
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v):
+        # The name becomes runs/<name>/: a separator or '..' would put the run somewhere else.
+        if not v.strip() or v.strip(".") == "" or any(c in v for c in "/\\\0"):
+            raise ValueError(f"must be a plain folder name (no '/', '\\', '.' or '..'), found {v!r}")
+        return v
 
     def to_dict(self) -> dict:
         """The resolved config as plain data (every default filled in), ready for YAML."""

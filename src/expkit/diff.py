@@ -61,7 +61,7 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
         directed = [m for m in metrics if METRICS[m][1] != 0]
         if fail_on_worse not in directed:
             raise ConfigError(f"--fail-on-worse: unknown metric '{fail_on_worse}' "
-                              f"(metrics in both tables: {', '.join(directed)})")
+                              f"(metrics in both tables: {', '.join(directed) or 'none'})")
     if tolerance < 0:
         raise ConfigError(f"--tolerance must be >= 0, found {tolerance}")
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 from .config import ExperimentConfig
 from .errors import ConfigError
 from .layers import build_layer, layer_arguments
+from .registry import did_you_mean
 
 # Losses whose targets are class indices or one-hot vectors: the output must have one unit per class.
 CLASS_LOSSES = {"categorical_crossentropy", "sparse_categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"}
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    """The line of a Keras message that says what is wrong (not its "Exception encountered" banner)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = lines[1:]
+    return lines[0][:300]
 
 
 def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | None):
@@ -60,6 +67,41 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
     return model
 
 
+def check_metrics(metrics: list[str]) -> None:
+    """Every metric name is one Keras knows (checked before a run folder exists, not at compile)."""
+    import keras
+
+    for i, name in enumerate(metrics):
+        if str(name).lower() in ("accuracy", "acc", "crossentropy", "ce"):  # compile picks the variant
+            continue
+        try:
+            keras.metrics.get(name)
+        except (ValueError, TypeError):
+            known = [n for n in dir(keras.metrics) if n.islower() and not n.startswith("_")]
+            raise ConfigError(f"unknown metric '{name}'{did_you_mean(name, ['accuracy', *known])}",
+                              path=("train", "metrics", i)) from None
+
+
+def check_targets(cfg: ExperimentConfig, model, targets) -> None:
+    """The loss accepts the model's output against these label rows (a couple of them suffice).
+
+    Catches a label encoding that does not fit the loss (integer labels with categorical_crossentropy,
+    one-hot with sparse_categorical_crossentropy, class labels with binary_crossentropy) before
+    anything is written, instead of as a traceback from inside fit.
+    """
+    import keras
+    import numpy as np
+
+    outputs = model(np.zeros((len(targets), *model.inputs[0].shape[1:]), dtype="float32"))
+    try:
+        keras.losses.get(cfg.train.loss)(targets, outputs)
+    except Exception as exc:  # Keras reports shape mismatches with several exception types
+        encoding = "one-hot" if np.ndim(targets) == 2 else "integer"
+        raise ConfigError(
+            f"{cfg.train.loss} does not fit {encoding} labels (data.labels: {cfg.data.labels}) and the model's "
+            f"output {tuple(outputs.shape[1:])}: {_first_line(exc)}", path=("train", "loss")) from None
+
+
 def output_shape(model) -> tuple:
     """The model's output shape (Sequential models wrapping an application have no `.output`)."""
     return tuple(model.compute_output_shape((None, *model.inputs[0].shape[1:])))
@@ -94,4 +136,4 @@ def layer_table(model) -> list[tuple[str, str, tuple, int]]:
     return rows
 
 
-__all__ = ["build_model", "output_shape", "summary_text", "count_params", "layer_table", "layer_arguments"]
+__all__ = ["build_model", "check_metrics", "check_targets", "output_shape", "summary_text", "count_params", "layer_table", "layer_arguments"]

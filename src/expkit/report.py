@@ -107,18 +107,24 @@ def _rows_for(path: Path) -> list[dict]:
     raise ConfigError(f"not a run folder: {NOT_A_RUN}", file=path)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict:
+    """A run folder's JSON file, which is always one mapping."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"malformed JSON: line {exc.lineno}: {exc.msg}", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a JSON mapping, found {type(data).__name__}", file=path)
+    return data
 
 
 def _sweep_rows(sweep: Path) -> list[dict]:
     manifest = _read_json(sweep / "manifest.json")
-    trials = manifest.get("trials") if isinstance(manifest, dict) else None
-    if not isinstance(trials, list):
-        raise ConfigError("expected a mapping with a 'trials' list", file=sweep / "manifest.json")
+    trials = manifest.get("trials")
+    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+        raise ConfigError("expected a mapping with a 'trials' list of mappings", file=sweep / "manifest.json")
     name = manifest.get("name") or sweep.name
     keys = list(manifest.get("keys") or [])
     for trial in trials:

@@ -56,7 +56,30 @@ def prepare(cfg: ExperimentConfig, *, load_data: bool = True):
             if cfg.model.input_shape is None:
                 raise
             shape, classes = tuple(cfg.model.input_shape), None
-    return dataset, build_model(cfg, shape, classes)
+    model = build_model(cfg, shape, classes)
+    check_training(cfg, model, dataset, classes)
+    return dataset, model
+
+
+def check_training(cfg: ExperimentConfig, model, dataset, num_classes: int | None) -> None:
+    """What `train` would reject only after the run folder exists: optimizer, loss, metrics, labels."""
+    import numpy as np
+
+    from .data.dataset import label_encoding
+    from .models import check_metrics, check_targets
+    from .train import check_loss, make_optimizer
+
+    make_optimizer(cfg, steps_per_epoch=1)
+    check_loss(cfg.train.loss)
+    check_metrics(cfg.train.metrics)
+    if dataset is not None and len(dataset.y_train):
+        targets = dataset.y_train[:2]
+    elif num_classes is not None:  # no data at hand: labels of the shape the data would have
+        one_hot = label_encoding(cfg.data.labels, cfg.train.loss) == "one_hot"
+        targets = np.eye(num_classes, dtype="float32")[[0, 0]] if one_hot else np.zeros(2, dtype="int32")
+    else:
+        return
+    check_targets(cfg, model, targets)
 
 
 def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", device: str = "auto",

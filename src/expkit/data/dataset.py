@@ -76,7 +76,7 @@ def load_dataset(cfg: DataConfig, seed: int, loss: str) -> Dataset:
 
     # Float data already in [0, 1] (or centred, like notMNIST's [-0.5, 0.5]) is not divided again.
     divide = cfg.scale and (raw.x_train.dtype.kind in "biu" or float(np.max(raw.x_train, initial=0)) > 1.0)
-    one_hot = _one_hot(cfg.labels, loss)
+    one_hot = label_encoding(cfg.labels, loss) == "one_hot"
     k = len(raw.classes)
 
     def finish(x, y):
@@ -115,10 +115,11 @@ def _validation_count(n: int, split: float) -> int:
     return count
 
 
-def _one_hot(labels: str, loss: str) -> bool:
+def label_encoding(labels: str, loss: str) -> str:
+    """'one_hot' or 'integer': `data.labels`, with auto decided by the loss."""
     if labels != "auto":
-        return labels == "one_hot"
-    return str(loss).replace("_", "").lower() in ONE_HOT_LOSSES
+        return labels
+    return "one_hot" if str(loss).replace("_", "").lower() in ONE_HOT_LOSSES else "integer"
 
 
 def _image_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
