@@ -201,3 +201,35 @@ def test_table_and_diff_mistakes_are_one_line(tmp_path, capsys, setup):
     line = _one_error_line(capsys)
     assert line.startswith(f"expkit: error: {where}"), line
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_sweep_then_table_then_diff_from_the_command_line(tmp_path, tiny_config, capsys):
+    """The documented loop end to end: run a sweep, tabulate it, diff the table, gate on a metric."""
+    import csv
+
+    cfg = {**tiny_config, "name": "lr", "train": {**tiny_config["train"], "epochs": 1},
+           "sweep": {"grid": {"train.learning_rate": [0.05, 0.005]}}}
+    path = tmp_path / "lr.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 0
+    sweep_dir = tmp_path / "runs" / "lr"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(sweep_dir)
+
+    table = tmp_path / "table.csv"
+    assert main(["table", str(sweep_dir), "--format", "csv", "-o", str(table)]) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert [r["train.learning_rate"] for r in rows] == ["0.05", "0.005"] and {r["status"] for r in rows} == {"done"}
+
+    assert main(["diff", str(table), str(sweep_dir / "results.csv"), "--fail-on-worse", "best_val_accuracy"]) == 0
+    assert capsys.readouterr().out == "no change (2 rows match)\n"
+
+    rows[0]["best_val_accuracy"] = f"{float(rows[0]['best_val_accuracy']) - 0.05:.4f}"
+    worse = tmp_path / "worse.csv"
+    with worse.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    args = ["diff", str(table), str(worse), "--fail-on-worse", "best_val_accuracy"]
+    assert main([*args, "--tolerance", "0.01"]) == 1
+    assert "worse: best_val_accuracy got worse by more than 0.01" in capsys.readouterr().out
+    assert main([*args, "--tolerance", "0.1"]) == 0
