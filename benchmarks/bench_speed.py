@@ -1,0 +1,278 @@
+"""expkit against the plain Keras script a user would write: same model, same data, same seed.
+
+    python benchmarks/bench_speed.py                       # baseline, cnn1, cnn2; full Fashion-MNIST if installed
+    python benchmarks/bench_speed.py --models cnn2 --repeats 3 --limit 20000 --precision mixed_bfloat16
+
+Every training run is its own process, and the plain and expkit runs alternate (plain first in even
+repeats, expkit first in odd ones) so that drift in the machine's speed falls on both sides. Both sides
+get the same arrays (expkit's loader, saved once to a temporary .npz) and time only `model.fit`, whose
+first epoch includes tracing on both sides. Printed per model: samples per second (training examples
+x epochs / fit seconds), fit seconds and best validation accuracy, medians over the repeats, then the
+expkit/plain ratio. `--precision` adds expkit runs under a mixed dtype policy, reported against
+expkit's float32 runs. The last table gives achieved training GFLOP/s (6 x forward MACs per example)
+against this machine's fp32 matrix-multiply rate, measured here with one 2048x2048 tf.matmul loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEFAULT_EPOCHS = {"baseline": 5, "cnn1": 2, "cnn2": 2}
+
+
+# --- the plain script: what a user writes, in the seeds' style -------------------------------------
+
+
+def plain_model(name: str):
+    """seed 000's models written out in plain Keras, layer for layer as configs/<name>.yaml declares them."""
+    import keras
+    from keras import layers
+
+    if name == "baseline":
+        stack = [keras.Input((784,)), layers.Dense(32, activation="sigmoid"), layers.Dense(10, activation="softmax")]
+    else:
+        convs = [layers.Conv2D(32, 3, activation="relu"), layers.Conv2D(64, 3, activation="relu")]
+        if name == "cnn2":
+            convs += [layers.Conv2D(128, 3, strides=2, activation="relu"), layers.Conv2D(256, 3, strides=2, activation="relu")]
+        stack = [keras.Input((784,)), layers.Reshape((28, 28, 1)), *convs, layers.Flatten(),
+                 layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax")]
+    return keras.Sequential(stack)
+
+
+def worker_plain(args) -> dict:
+    import keras
+    import numpy as np
+
+    data = np.load(args.data)
+    keras.utils.set_random_seed(args.seed)
+    model = plain_model(args.model)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    epoch_seconds: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.start)
+
+    start = time.perf_counter()
+    history = model.fit(data["x_train"], data["y_train"], batch_size=32, epochs=args.epochs,
+                        validation_data=(data["x_val"], data["y_val"]), verbose=0, callbacks=[EpochTimer()])
+    fit_seconds = time.perf_counter() - start
+    return {"fit_seconds": fit_seconds, "epoch_seconds": epoch_seconds, "n_train": len(data["x_train"]),
+            "best_val_accuracy": max(history.history["val_accuracy"]), "params": model.count_params()}
+
+
+# --- the same experiment through expkit -------------------------------------------------------------
+
+
+def worker_expkit(args) -> dict:
+    import csv
+
+    import numpy as np
+
+    from expkit.config import load_config
+    from expkit.data import Dataset
+    from expkit.files import read_json
+    from expkit.runner import run_experiment
+
+    data = np.load(args.data)
+    cfg = load_config(ROOT / "configs" / f"{args.model}.yaml", [
+        f"train.epochs={args.epochs}", "train.verbose=0", f"seed={args.seed}", f"train.precision={args.precision}"])
+    dataset = Dataset(data["x_train"], data["y_train"], data["x_val"], data["y_val"], None, None,
+                      [str(i) for i in range(data["y_train"].shape[1])])
+    with tempfile.TemporaryDirectory() as runs:
+        run = run_experiment(cfg, runs_dir=runs, dataset=dataset)
+        results = read_json(run.path / "results.json")
+        rows = list(csv.DictReader((run.path / "metrics.csv").open()))
+    import keras
+
+    from expkit.train import model_macs_per_sample
+
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(args.seed)
+    macs = model_macs_per_sample(plain_model(args.model))
+    return {"fit_seconds": results["fit_seconds"], "epoch_seconds": [float(r["epoch_seconds"]) for r in rows],
+            "n_train": results["n_train"], "best_val_accuracy": results["best"]["val_accuracy"],
+            "params": results["params"], "steps_per_execution": results["steps_per_execution"],
+            "eval_batch_size": results["eval_batch_size"], "macs_per_sample": macs, "status": results["status"]}
+
+
+def worker_matmul(args) -> dict:
+    """fp32 (and bf16) matrix-multiply rate of this machine through TensorFlow: the attainable peak."""
+    import tensorflow as tf
+
+    out = {}
+    n = 2048
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.random.normal((n, n), dtype=tf.float32)
+        a = tf.cast(a, dtype)
+        mm = tf.function(lambda x: tf.matmul(x, x))
+        mm(a).numpy()
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 3.0:
+            mm(a).numpy()
+            reps += 1
+        out[dtype.name] = 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+    return out
+
+
+WORKERS = {"plain": worker_plain, "expkit": worker_expkit, "matmul": worker_matmul}
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+
+
+def spawn(kind: str, **options) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind]
+    for key, value in options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{kind} worker failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare_data(model: str, dataset: str, limit: int | None, seed: int, folder: Path) -> Path:
+    """expkit's arrays for configs/<model>.yaml, saved for both sides to read."""
+    import numpy as np
+
+    from expkit.config import load_config
+    from expkit.data import load_dataset
+
+    overrides = [f"data.dataset={dataset}", f"seed={seed}"] + ([f"data.limit={limit}"] if limit else [])
+    cfg = load_config(ROOT / "configs" / f"{model}.yaml", overrides)
+    ds = load_dataset(cfg.data, cfg.seed, cfg.train.loss)
+    path = folder / f"{model}.npz"
+    np.savez(path, x_train=ds.x_train, y_train=ds.y_train, x_val=ds.x_val, y_val=ds.y_val)
+    return path
+
+
+def pick_dataset(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    from expkit.config import DataConfig
+    from expkit.data import load_dataset
+    from expkit.errors import ConfigError
+
+    os.environ.setdefault("EXPKIT_OFFLINE", "1")
+    try:
+        load_dataset(DataConfig(dataset="fashion_mnist", limit=10, test_limit=10), 0, "categorical_crossentropy")
+        return "fashion_mnist"
+    except ConfigError:
+        return "fashion_mnist_sample"
+
+
+def sps(run: dict, epochs: int) -> float:
+    return run["n_train"] * epochs / run["fit_seconds"]
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="baseline,cnn1,cnn2")
+    parser.add_argument("--epochs", default="", help="per model, e.g. baseline=5,cnn1=2 (defaults: %s)" % DEFAULT_EPOCHS)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dataset", default="auto", help="fashion_mnist, fashion_mnist_sample or auto (full set if installed)")
+    parser.add_argument("--limit", type=int, default=None, help="first N training examples")
+    parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--precision", default="mixed_bfloat16", help="comma-separated mixed policies to add; '' for none")
+    # worker-only options
+    parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument("--model")
+    parser.add_argument("--data")
+    parser.add_argument("--epochs-n", dest="epochs_n", type=int)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        if args.worker != "matmul":
+            args.epochs = args.epochs_n
+            args.precision = args.precision or "float32"
+        print(json.dumps(WORKERS[args.worker](args)))
+        return 0
+
+    models = [m for m in args.models.split(",") if m]
+    epochs = {**DEFAULT_EPOCHS, **{k: int(v) for k, v in (p.split("=") for p in args.epochs.split(",") if p)}}
+    precisions = [p for p in args.precision.split(",") if p]
+    dataset = pick_dataset(args.dataset)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}; "
+          f"Python {platform.python_version()}")
+    rates = spawn("matmul")
+    print(f"tf.matmul 2048x2048: fp32 {rates['float32']:.1f} GFLOP/s, bf16 {rates['bfloat16']:.1f} GFLOP/s")
+    print(f"data: {dataset}{f' (first {args.limit})' if args.limit else ''}; seed {args.seed}; "
+          f"{args.repeats} alternating repeats per side\n")
+
+    results: dict[str, dict[str, list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            data = prepare_data(model, dataset, args.limit, args.seed, Path(tmp))
+            sides = {"plain": [], "expkit": [], **{p: [] for p in precisions}}
+            for r in range(args.repeats):
+                order = ["plain", "expkit"] if r % 2 == 0 else ["expkit", "plain"]
+                for side in order + precisions:
+                    kind = "plain" if side == "plain" else "expkit"
+                    precision = side if side in precisions else "float32"
+                    run = spawn(kind, model=model, data=data, epochs_n=epochs[model], seed=args.seed, precision=precision)
+                    sides[side].append(run)
+                    print(f"  {model:8} {side:15} repeat {r + 1}: {sps(run, epochs[model]):9.0f} samples/s, "
+                          f"fit {run['fit_seconds']:7.1f} s, best val acc {run['best_val_accuracy']:.4f}, epochs "
+                          f"{' '.join(f'{t:.1f}' for t in run['epoch_seconds'])} s", flush=True)
+            results[model] = sides
+
+    print("\n| model | epochs | train examples | plain samples/s | expkit samples/s | expkit/plain | plain fit s "
+          "| expkit fit s | plain best val acc | expkit best val acc | steps/execution |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, sides in results.items():
+        e, p, x = epochs[model], sides["plain"], sides["expkit"]
+        ps, xs = median(sps(r, e) for r in p), median(sps(r, e) for r in x)
+        print(f"| {model} | {e} | {p[0]['n_train']} | {ps:.0f} | {xs:.0f} | **{xs / ps:.2f}** "
+              f"| {median(r['fit_seconds'] for r in p):.1f} | {median(r['fit_seconds'] for r in x):.1f} "
+              f"| {median(r['best_val_accuracy'] for r in p):.4f} | {median(r['best_val_accuracy'] for r in x):.4f} "
+              f"| {x[0]['steps_per_execution']} |")
+
+    if precisions:
+        print("\n| model | precision | expkit samples/s | speed-up vs float32 | best val acc | change vs float32 |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for model, sides in results.items():
+            e = epochs[model]
+            base_s = median(sps(r, e) for r in sides["expkit"])
+            base_a = median(r["best_val_accuracy"] for r in sides["expkit"])
+            for precision in precisions:
+                runs = sides[precision]
+                s, a = median(sps(r, e) for r in runs), median(r["best_val_accuracy"] for r in runs)
+                print(f"| {model} | {precision} | {s:.0f} | {s / base_s:.2f} | {a:.4f} | {a - base_a:+.4f} |")
+
+    print("\n| model | forward MFLOP/example | run | achieved GFLOP/s (training, 6 x MACs) "
+          "| share of the fp32 matmul rate | share of the same dtype's matmul rate |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for model, sides in results.items():
+        e, macs = epochs[model], sides["expkit"][0]["macs_per_sample"]
+        for side in ["plain", "expkit", *precisions]:
+            rate = median(sps(r, e) for r in sides[side]) * 6 * macs / 1e9
+            policy = "float32" if side in ("plain", "expkit") else side
+            peak = rates["bfloat16"] if "bfloat16" in policy else rates["float32"]
+            print(f"| {model} | {2 * macs / 1e6:.1f} | {side} ({policy}) | {rate:.1f} | {rate / rates['float32']:.0%} "
+                  f"| {rate / peak:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
