@@ -7,12 +7,12 @@ the command starts without pandas.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import read_csv
 from .report import DIFFERENCE_PREFIX, METRICS, format_number
 
 NOT_KEYS = {"path", "status", "seeds"}
@@ -100,16 +100,7 @@ def _is_key(column: str) -> bool:
 
 
 def _read_table(path) -> tuple[list[str], list[dict]]:
-    path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=path) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"cannot read as CSV: {exc}", file=path) from None
+    columns, rows = read_csv(path)
     if "run" not in columns:
         raise ConfigError("not an expkit table: expected a CSV with a 'run' column "
                           "(`expkit table --format csv`)", file=path)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import yaml
+
+from .errors import ConfigError
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -51,3 +54,17 @@ def write_figure_atomic(fig, path: str | Path, **kwargs) -> Path:
 def read_json(path: str | Path):
     with open(path) as fh:
         return json.load(fh)
+
+
+def read_csv(path: str | Path, expected: str = "") -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a CSV file; a missing or unreadable file is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except FileNotFoundError:
+        raise ConfigError("file not found" + (f"; expected {expected}" if expected else ""), file=path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read as CSV: {exc}", file=path) from None

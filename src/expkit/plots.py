@@ -3,14 +3,13 @@ Agg canvas without pyplot (no global figure state, no display needed) and writte
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
 from typing import Iterable
 
 from .errors import ConfigError
-from .files import write_figure_atomic
+from .files import read_csv, write_figure_atomic
 from .report import DIFFERENCE_PREFIX, format_number
 
 DPI = 100
@@ -43,13 +42,7 @@ def _float(value) -> float:
 
 
 def _read_metrics(path: Path) -> tuple[list[str], dict[str, list[float]]]:
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    except FileNotFoundError:
-        raise ConfigError("file not found; expected a run's metrics.csv", file=path) from None
+    columns, rows = read_csv(path, expected="a run's metrics.csv")
     return columns, {c: [_float(r.get(c)) for r in rows] for c in columns}
 
 
