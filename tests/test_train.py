@@ -7,7 +7,7 @@ from expkit.models import build_model
 from expkit.runner import prepare
 from expkit.train import (
     MAX_STEPS_PER_EXECUTION, TARGET_MACS_PER_EXECUTION, auto_steps_per_execution, eval_batch_size,
-    model_macs_per_sample, train,
+    model_macs_per_sample, resolve_inter_op_threads, train,
 )
 
 
@@ -67,3 +67,22 @@ def test_speed_settings_do_not_change_the_metrics():
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert plain.test == pytest.approx(fast.test, rel=1e-4)
+
+
+@pytest.mark.parametrize("setting, cores, gpu, expected", [
+    ("auto", 2, False, 1),   # this machine: each op's pool already spans both cores
+    ("auto", 4, False, 1),
+    ("auto", 16, False, 0),  # 0 keeps TensorFlow's default
+    ("auto", 2, True, 0),
+    (3, 2, False, 3),
+    (0, 2, False, 0),
+])
+def test_resolve_inter_op_threads(setting, cores, gpu, expected):
+    assert resolve_inter_op_threads(setting, cores, gpu) == expected
+
+
+def test_inter_op_threads_is_validated():
+    from expkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.inter_op_threads"):
+        small_cnn_config(inter_op_threads=-1)

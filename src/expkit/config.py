@@ -78,6 +78,10 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = None
     shuffle: bool = Field(True, description="Shuffle the training batches every epoch.")
     deterministic: bool = Field(False, description="Make TensorFlow ops deterministic (slower, bit-for-bit repeatable).")
+    inter_op_threads: Union[int, Literal["auto"]] = Field(
+        "auto", description="TensorFlow threads that run independent ops side by side (0: TensorFlow's default). "
+        "auto: 1 on a CPU-only machine of at most 4 cores, where each op already uses every core; 0 otherwise.",
+    )
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32", description="Keras dtype policy; mixed_float16 is for GPUs and uses loss scaling."
     )
@@ -109,6 +113,13 @@ class TrainConfig(Section):
                     f"'{section.monitor}' is not a metric this run logs{did_you_mean(section.monitor, names)} "
                     f"(logged: {', '.join(names)})", path=("train", key, "monitor"))
         return self
+
+    @field_validator("inter_op_threads")
+    @classmethod
+    def _threads(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 'auto' or an integer >= 0")
+        return v
 
     @field_validator("steps_per_execution", "validation_batch_size")
     @classmethod

@@ -90,9 +90,10 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
     'diverged'; another exception marks it 'failed' and is re-raised; Ctrl-C marks it 'interrupted'.
     """
     from .models import count_params, summary_text
-    from .train import seed_everything, select_device, train
+    from .train import seed_everything, select_device, set_inter_op_threads, train
 
     device_name = select_device(device)
+    inter_op_threads = set_inter_op_threads(cfg.train.inter_op_threads)
     seed_everything(cfg.seed, cfg.train.deterministic)
     if dataset is None:
         dataset, model = prepare(cfg)
@@ -114,7 +115,7 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
         "params": total, "trainable_params": trainable,
         "n_train": len(dataset.x_train), "n_val": len(dataset.x_val),
         "n_test": 0 if dataset.x_test is None else len(dataset.x_test),
-        "device": device_name, "versions": versions(), "started": run.started,
+        "device": device_name, "inter_op_threads": inter_op_threads, "versions": versions(), "started": run.started,
     }
     result = None
     try:

@@ -48,6 +48,32 @@ def select_device(device: str) -> str:
     return "CPU"
 
 
+# On a small CPU-only machine every op's own thread pool already covers all cores: running independent
+# ops side by side oversubscribes them (see docs/performance.md).
+SMALL_CPU_CORES = 4
+
+
+def resolve_inter_op_threads(setting, cpu_count: int | None, has_gpu: bool) -> int:
+    """The inter-op thread count for `train.inter_op_threads` (0 keeps TensorFlow's default)."""
+    if setting != "auto":
+        return setting
+    return 1 if not has_gpu and (cpu_count or 0) <= SMALL_CPU_CORES else 0
+
+
+def set_inter_op_threads(setting) -> int:
+    """Apply `train.inter_op_threads` before TensorFlow starts its runtime; returns the count in force."""
+    import os
+
+    import tensorflow as tf
+
+    threads = resolve_inter_op_threads(setting, os.cpu_count(), bool(tf.config.list_physical_devices("GPU")))
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # the runtime already started in this process (a sweep's later trial): keep it
+        pass
+    return tf.config.threading.get_inter_op_parallelism_threads()
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     import keras
     import tensorflow as tf
