@@ -515,3 +515,112 @@ def test_importing_data_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(SRC)})
     assert out.stdout.strip() == "[]"
+
+
+# --- data faults are named as data faults --------------------------------------------------------
+
+
+def test_npz_label_beyond_the_class_names(tmp_path):
+    x, y = small_arrays(20, k=10)
+    y[7] = 10
+    path = write_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+    err = config_error(load_dataset, cfg(dataset="npz", path=path, options={"classes": list("abcdefghij")}), 0, "x")
+    assert err.path == "data.options.classes"
+    assert "labels must be 0..9 integers (10 class names are given); found label 10 in y_train of" in err.message
+    assert path in err.message
+
+
+def test_npz_negative_label_names_array_and_file(tmp_path):
+    x, y = small_arrays(20)
+    yt = y[:4].copy()
+    yt[2] = -1
+    path = write_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=yt)
+    err = config_error(load_dataset, cfg(dataset="npz", path=path), 0, "x")
+    assert err.path == "data.path" and f"labels must be 0..C-1 integers; found -1 in y_test of {path}" in err.message
+    assert "-1 in y_test" in str(config_error(probe_dataset, cfg(dataset="npz", path=path)))
+
+
+def test_npz_missing_class_is_a_label_fault(tmp_path):
+    x, y = small_arrays(20, k=3)
+    y[y == 1] = 2  # labels 0 and 2: class 1 has no example
+    path = write_npz(tmp_path / "d.npz", x_train=x, y_train=y)
+    err = config_error(load_dataset, cfg(dataset="npz", path=path), 0, "x")
+    assert err.path == "data.path"
+    assert "labels up to 2 (in y_train) but none is 1" in err.message and "data.options.classes" in err.message
+    # naming the classes says some are absent on purpose
+    ds = load_dataset(cfg(dataset="npz", path=path, options={"classes": ["a", "b", "c"]}), 0, "x")
+    assert ds.num_classes == 3
+
+
+def test_npz_single_class(tmp_path):
+    x, _ = small_arrays(10)
+    path = write_npz(tmp_path / "d.npz", x_train=x, y_train=np.zeros(10, dtype=int))
+    err = config_error(load_dataset, cfg(dataset="npz", path=path), 0, "x")
+    assert err.path == "data.path" and "at least 2 classes, but every label in" in err.message and path in err.message
+    err = config_error(load_dataset, cfg(dataset="npz", path=path, options={"classes": ["only"]}), 0, "x")
+    assert "a classifier needs at least 2 classes, the data has 1 (only)" in err.message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("key", ["x_train", "x_test"])
+def test_npz_non_finite_pixels(tmp_path, bad, key):
+    x, y = small_arrays(20)
+    arrays = {"x_train": x.astype(np.float32), "y_train": y, "x_test": x[:5].astype(np.float32), "y_test": y[:5]}
+    arrays[key][3, 1, 2] = bad
+    path = write_npz(tmp_path / "d.npz", **arrays)
+    err = config_error(load_dataset, cfg(dataset="npz", path=path), 0, "x")
+    assert err.path == "data.path"
+    assert f"pixel values must be finite numbers; {key} of {path} holds 1 NaN or infinite value(s), the first in example 3" \
+        in err.message
+
+
+def test_finite_float_pixels_load(tmp_path):
+    x, y = small_arrays(20)
+    path = write_npz(tmp_path / "d.npz", x_train=x.astype(np.float32) / 255 - 0.5, y_train=y)
+    assert load_dataset(cfg(dataset="npz", path=path), 0, "x").x_train.dtype == np.float32
+
+
+def test_image_folder_needs_two_classes(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / "one" / "cats" / f"{i}.png", value=10 * i)
+    err = config_error(load_dataset, cfg(dataset="image_folder", path=str(tmp_path / "one")), 0, "x")
+    assert err.path == "data.path"
+    assert "image_folder needs at least 2 class folders" in err.message and "found 1: cats" in err.message
+    err = config_error(probe_dataset, cfg(dataset="image_folder", path=str(tmp_path / "one")))
+    assert "found 1: cats" in err.message
+    (tmp_path / "empty").mkdir()
+    err = config_error(load_dataset, cfg(dataset="image_folder", path=str(tmp_path / "empty")), 0, "x")
+    assert "found none" in err.message
+
+
+def test_csv_label_faults_name_the_column(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_text("emotion,pixels\n" + "".join(f"{-1 if i == 3 else i % 2},{' '.join(['9'] * 4)}\n" for i in range(6)))
+    err = config_error(load_dataset, cfg(dataset="csv_pixels", path=str(path), options={"usage_column": None}), 0, "x")
+    assert err.path == "data.path" and f"found -1 in column 'emotion' of {path}" in err.message
+
+
+def test_missing_relative_path_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = config_error(load_dataset, cfg(dataset="npz", path="data/notMNIST.npz"), 0, "x")
+    assert err.path == "data.path"
+    assert f"file not found: data/notMNIST.npz (a relative data.path is read from the directory expkit runs in, {tmp_path})" \
+        in err.message
+    assert "configs/README.md" in err.message and "\n" not in str(err)
+    err = config_error(load_dataset, cfg(dataset="npz", path=str(tmp_path / "abs.npz")), 0, "x")
+    assert "read from the directory" not in err.message and "configs/README.md" in err.message
+
+
+def test_every_source_is_checked_for_labels_and_pixels():
+    """The shared check after any source (built-in IDX float files, registered ones) says the same."""
+    from expkit.data.dataset import _check_raw
+    from expkit.data.source import RawData
+
+    x = np.zeros((4, 2, 2), dtype=np.float32)
+    err = config_error(_check_raw, RawData(x, np.array([0, 1, 2, 3]), ["a", "b", "c"]), "data.dataset")
+    assert err.path == "data.dataset" and err.message == "labels must be 0..2 integers (3 classes); found 3 in the train set"
+    bad = x.copy()
+    bad[2, 0, 1] = np.nan
+    err = config_error(_check_raw, RawData(x, np.array([0, 1, 0, 1]), ["a", "b"], bad, np.array([0, 1, 0, 1])), "data.path")
+    assert err.message == ("pixel values must be finite numbers; the test set holds 1 NaN or infinite value(s), "
+                           "the first in example 2")

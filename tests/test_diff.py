@@ -94,8 +94,36 @@ def test_added_and_removed_rows(table, tmp_path):
     new = edit_csv(table, tmp_path / "new.csv", swap)
     result = diff_tables(table, new, fail_on_worse="best_val_accuracy")
     assert [(r.label, r.change) for r in result.rows] == [("cnn1", "same"), ("cnn3", "added"), ("cnn2", "removed")]
-    assert result.text == "+ cnn3  (added)\n- cnn2  (removed)\n1 same, 1 added, 1 removed\n"
-    assert result.worse is False
+    assert result.text == "+ cnn3  (added)\n- cnn2  (removed)\n1 same, 1 added, 1 removed\n" + (
+        "worse: 1 row(s) of the old table are missing from the new one, so best_val_accuracy was not compared "
+        "there: cnn2 (--allow-removed accepts that)\n")
+    assert result.worse is True and len(result.reasons) == 1
+    allowed = diff_tables(table, new, fail_on_worse="best_val_accuracy", allow_removed=True)
+    assert allowed.worse is False and allowed.reasons == [] and "worse:" not in allowed.text
+    # without a gate nothing fails
+    assert diff_tables(table, new).worse is False
+
+
+def test_the_gate_fails_when_nothing_matched(table, tmp_path):
+    def rename_all(rows):
+        for row in rows:
+            row["run"] += "_v2"
+    new = edit_csv(table, tmp_path / "new.csv", rename_all)
+    result = diff_tables(table, new, fail_on_worse="best_val_accuracy", allow_removed=True)
+    assert result.worse is True
+    assert result.reasons == ["no row of the new table matches a row of the old one, so best_val_accuracy was "
+                              "compared nowhere"]
+    assert result.text.endswith("worse: no row of the new table matches a row of the old one, so "
+                                "best_val_accuracy was compared nowhere\n")
+
+
+def test_the_gate_fails_on_an_empty_new_table(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", lambda rows: rows.clear())
+    result = diff_tables(table, new, fail_on_worse="test_accuracy")
+    assert result.worse is True
+    assert [r.split(",")[0] for r in result.reasons] == [
+        "no row of the new table matches a row of the old one", "2 row(s) of the old table are missing from the new one"]
+    assert "cnn1, cnn2 (--allow-removed accepts that)" in result.text
 
 
 def test_rows_match_by_config_not_by_path_or_order(tmp_path):

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -5,6 +9,8 @@ from expkit.config import validate
 from expkit.errors import ConfigError
 from expkit.layers import LAYERS, build_layer
 from expkit.models import build_model, count_params, layer_table, output_shape, summary_text
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 # A small input and a valid spec for every registered layer type (application has its own test).
 LAYER_CASES = {
@@ -149,3 +155,38 @@ def test_mixed_precision_keeps_output_in_float32():
         assert model.layers[-1].compute_dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50"])
+def test_an_application_written_as_a_layer_points_to_the_application_form(name):
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg([{name: {"include_top": False}}, {"dense": {"units": 3}}]), (32, 32, 3), 3)
+    assert info.value.path == f"model.layers[0].{name}"
+    assert info.value.message.startswith(f"'{name}' is a keras.applications model, not a keras.layers layer: "
+                                         f"write it as {{application: {{name: {name}, ")
+
+
+def test_an_unknown_keras_class_still_suggests_a_layer():
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg([{"Dense2": {"units": 3}}]), (4,), 3)
+    assert info.value.path == "model.layers[0].Dense2"
+    assert "keras.layers has no layer 'Dense2'; did you mean 'Dense'?" == info.value.message
+
+
+def test_applications_written_as_layers_pass_config_validation_without_tensorflow():
+    code = ("import sys; from expkit.config import validate; "
+            "validate({'name': 'm', 'model': {'layers': [{'MobileNetV2': {}}]}}); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(SRC), "PATH": ""})
+
+
+def test_a_stray_label_in_a_local_file_is_blamed_on_the_data():
+    config = validate({"name": "m", "data": {"dataset": "npz", "path": "data/d.npz"},
+                       "model": {"layers": [{"dense": {"units": 10, "activation": "softmax"}}]}})
+    with pytest.raises(ConfigError) as info:
+        build_model(config, (4,), 11)
+    assert info.value.path == "model.layers[0].dense"
+    assert ("if the data has 10 classes, its labels must be 0..9 integers, but data/d.npz holds label 10: "
+            "fix the file") in info.value.message
+    # with named classes (or a built-in dataset) the label range is already checked by the data
+    assert "holds label" not in str(pytest.raises(ConfigError, build_model, cfg([{"dense": {"units": 10}}]), (4,), 11).value)

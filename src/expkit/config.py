@@ -7,20 +7,49 @@ against `ExperimentConfig` (defaults filled). Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import copy
+import json
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, format_path
+from .files import load_yaml_text, read_yaml_file, yaml_problem
 from .registry import did_you_mean
+
+SEED_MAX = 2**32 - 1  # numpy's and Keras' seeds are unsigned 32-bit integers
+NAME_MAX = 100        # bytes (UTF-8) of a run name: runs/<name>/ must fit a file name with room to spare
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are refused, types are not coerced."""
+    """Base for every config section: unknown keys are refused, types are not coerced, and a float
+    must be finite (.inf or .nan would train into a NaN loss or never stop)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _seed_in_range(v: int) -> int:
+    if not 0 <= v <= SEED_MAX:
+        raise ValueError(f"must lie in 0..{SEED_MAX} (0..2**32-1, the seeds numpy and Keras accept), found {v}")
+    return v
+
+
+Seed = Annotated[int, AfterValidator(_seed_in_range), Field(json_schema_extra={"minimum": 0, "maximum": SEED_MAX})]
+
+
+def refuse_non_finite(value: Any, path) -> None:
+    """Free-form values (optimizer, layer and dataset arguments) hold no .inf or .nan either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"must be a finite number, found {value}", path=path)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_non_finite(item, [*path, key])
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            refuse_non_finite(item, [*path, i])
 
 
 class DataConfig(Section):
@@ -43,6 +72,12 @@ class DataConfig(Section):
         "auto", description="Label encoding; auto picks one-hot for categorical_crossentropy, integers otherwise."
     )
 
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, v):
+        refuse_non_finite(v, ["data", "options"])
+        return v
+
 
 OptimizerSpec = Union[str, dict[str, Any]]
 
@@ -63,19 +98,21 @@ class EarlyStoppingConfig(Section):
     monitor: str = Field("val_loss", description="Metric watched.")
     patience: int = Field(3, ge=0, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
-    mode: Literal["auto", "min", "max"] = "auto"
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="min: lower is better; max: higher is better; auto: max for accuracies, min otherwise.")
     restore_best_weights: bool = Field(True, description="Evaluate the test set with the best epoch's weights.")
 
 
 class TrainConfig(Section):
     optimizer: OptimizerSpec = Field("sgd", description="Keras optimizer name, or {name: ..., other Keras arguments}.")
-    learning_rate: float = Field(0.01, gt=0)
+    learning_rate: float = Field(0.01, gt=0, description="The optimizer's (initial) learning rate.")
     schedule: ScheduleConfig | None = Field(None, description="Learning-rate schedule; none keeps it constant.")
     loss: str = Field("categorical_crossentropy", description="Keras loss name.")
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"], description="Keras metric names.")
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(10, ge=1)
-    early_stopping: EarlyStoppingConfig | None = None
+    batch_size: int = Field(32, ge=1, description="Training examples per gradient step.")
+    epochs: int = Field(10, ge=1, description="Passes over the training set (fewer when early stopping fires).")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Stop when the monitored metric stops improving; none trains every epoch.")
     shuffle: bool = Field(True, description="Shuffle the training batches every epoch.")
     deterministic: bool = Field(False, description="Make TensorFlow ops deterministic (slower, bit-for-bit repeatable).")
     inter_op_threads: Union[int, Literal["auto"]] = Field(
@@ -98,16 +135,20 @@ class TrainConfig(Section):
     )
     verbose: Literal["auto", 0, 1, 2] = Field("auto", description="Keras fit verbosity; auto shows the bar on a terminal.")
 
+    def watchers(self) -> list[tuple[str, Any]]:
+        """(key, section) of each callback that watches a metric: early stopping, a plateau schedule."""
+        out = [("early_stopping", self.early_stopping)] if self.early_stopping is not None else []
+        if self.schedule is not None and self.schedule.type == "plateau":
+            out.append(("schedule", self.schedule))
+        return out
+
     @model_validator(mode="after")
     def _monitors_are_logged(self):
         # Keras only warns about (or, with mode auto, fails mid-fit on) a monitor it never logs;
         # the names it logs are the loss and each metric as written, with val_ for validation.
         logged = ["loss", *self.metrics]
-        watchers = [("early_stopping", self.early_stopping)]
-        if self.schedule is not None and self.schedule.type == "plateau":
-            watchers.append(("schedule", self.schedule))
-        for key, section in watchers:
-            if section is not None and section.monitor.removeprefix("val_") not in logged:
+        for key, section in self.watchers():
+            if section.monitor.removeprefix("val_") not in logged:
                 names = [n for m in logged for n in (m, f"val_{m}")]
                 raise ConfigError(
                     f"'{section.monitor}' is not a metric this run logs{did_you_mean(section.monitor, names)} "
@@ -133,6 +174,7 @@ class TrainConfig(Section):
     def _optimizer_has_name(cls, v):
         if isinstance(v, dict) and not isinstance(v.get("name"), str):
             raise ValueError("an optimizer mapping needs a 'name' key, e.g. {name: sgd, momentum: 0.9}")
+        refuse_non_finite(v, ["train", "optimizer"])
         return v
 
 
@@ -151,39 +193,85 @@ class ModelConfig(Section):
         # own model.layers[i] path instead of being folded into a ValidationError.
         for i, spec in enumerate(layers):
             check_layer_spec(spec, i)
+            refuse_non_finite(spec, ["model", "layers", i])
         return layers
 
 
+def _same_value_key(value: Any) -> str:
+    """A value's identity for spotting repeats: 0.1 twice, or the same mapping in another key order."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _repeats(values: list) -> list:
+    """The values of `values` listed more than once, each once, in order."""
+    seen, out = set(), []
+    for v in values:
+        k = _same_value_key(v)
+        if k in seen and all(_same_value_key(o) != k for o in out):
+            out.append(v)
+        seen.add(k)
+    return out
+
+
 class SweepConfig(Section):
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination of these values.")
-    zip: dict[str, list[Any]] = Field(default_factory=dict, description="Keys that move together, one trial per position.")
-    seeds: list[int] | None = Field(None, description="Repeat every trial with each of these seeds.")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Every combination of these values; keys are key paths like "
+        "train.learning_rate or model.layers[1].dense.units.")
+    zip: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Keys that move together, one trial per position (lists of equal length).")
+    seeds: list[Seed] | None = Field(None, description="Repeat every trial with each of these seeds.")
 
     @model_validator(mode="after")
     def _consistent(self):
+        # A repeated value would run the same trial twice under two names and count it twice in a mean.
+        paths: dict[tuple, str] = {}
         for block in ("grid", "zip"):
             for key, values in getattr(self, block).items():
+                where = f"sweep.{block}.{key}"
+                try:
+                    canonical = tuple(split_key(key))
+                except ConfigError as exc:
+                    raise ConfigError(exc.message, path=where) from None
+                if canonical in paths:
+                    raise ConfigError(f"sets the same key as {paths[canonical]}; give it once", path=where)
+                paths[canonical] = where
                 if not values:
-                    raise ValueError(f"{block}.{key}: needs at least one value")
+                    raise ConfigError("needs at least one value", path=where)
+                if block == "grid" and (dups := _repeats(values)):
+                    raise ConfigError(f"each value must appear once; {_shown(dups)} listed twice or more", path=where)
+        if self.seeds is not None and (dups := _repeats(self.seeds)):
+            raise ConfigError(f"each seed must appear once; {_shown(dups)} listed twice or more", path="sweep.seeds")
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
-            raise ValueError(f"zip: all lists must have the same length, found lengths {sorted(lengths)}")
-        both = set(self.grid) & set(self.zip)
-        if both:
-            raise ValueError(f"key(s) {sorted(both)} appear in both grid and zip")
+            raise ConfigError(f"all lists must have the same length, found lengths {sorted(lengths)}", path="sweep.zip")
+        if self.zip:
+            keys = list(self.zip)
+            positions = [[self.zip[k][i] for k in keys] for i in range(lengths.pop())]
+            for dup in _repeats(positions):
+                at = [i for i, p in enumerate(positions) if _same_value_key(p) == _same_value_key(dup)]
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, dup))
+                raise ConfigError(f"positions {', '.join(map(str, at))} repeat the same values ({shown}); "
+                                  "each position must differ", path="sweep.zip")
         if not (self.grid or self.zip or self.seeds):
             raise ValueError("an empty sweep: give grid, zip or seeds")
         return self
 
 
+def _shown(values: list) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
 class ExperimentConfig(Section):
-    name: str = Field(description="Run name; the run folder is runs/<name>/<run-id>. Defaults to the file's stem.")
-    description: str = ""
-    seed: int = Field(0, ge=0, description="Seeds data order, split, initialisers and dropout.")
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    sweep: SweepConfig | None = None
+    name: str = Field(
+        description=f"Run name; the run folder is runs/<name>/<run-id>. Defaults to the file's stem. "
+        f"A plain folder name of at most {NAME_MAX} characters.")
+    description: str = Field("", description="Free text about the experiment, kept with its results.")
+    seed: Seed = Field(0, description=f"Seeds data order, split, initialisers and dropout (0..{SEED_MAX}).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Which dataset and how to prepare it.")
+    model: ModelConfig = Field(description="The model: a list of layer specs.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimizer, loss, batches, epochs and callbacks.")
+    sweep: SweepConfig | None = Field(
+        None, description="Run several trials of this config: a grid, zipped keys and/or seeds.")
 
     @field_validator("name")
     @classmethod
@@ -191,7 +279,24 @@ class ExperimentConfig(Section):
         # The name becomes runs/<name>/: a separator or '..' would put the run somewhere else.
         if not v.strip() or v.strip(".") == "" or any(c in v for c in "/\\\0"):
             raise ValueError(f"must be a plain folder name (no '/', '\\', '.' or '..'), found {v!r}")
+        size = len(v.encode("utf-8"))
+        if size > NAME_MAX:
+            raise ValueError(f"is {size} characters (UTF-8 bytes) long; a run name becomes a folder name and "
+                             f"may have at most {NAME_MAX}: shorten it (it defaults to the config file's stem)")
         return v
+
+    @model_validator(mode="after")
+    def _val_monitors_need_a_validation_set(self):
+        # Keras only warns, every epoch, that val_loss is missing: early stopping never fires.
+        if self.data.validation_split != 0:
+            return self
+        for key, section in self.train.watchers():
+            if section.monitor.startswith("val_"):
+                raise ConfigError(
+                    f"'{section.monitor}' is never logged: data.validation_split is 0, so there is no validation "
+                    f"set and {key} would never act; set data.validation_split > 0 or monitor a training metric "
+                    f"('{section.monitor.removeprefix('val_')}')", path=("train", key, "monitor"))
+        return self
 
     def to_dict(self) -> dict:
         """The resolved config as plain data (every default filled in), ready for YAML."""
@@ -212,15 +317,25 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+_KEY_SEGMENT = re.compile(r"([^.\[\]]+)((?:\[[0-9]+\])*)")
+
+
 def split_key(key: str) -> list:
-    """'model.layers.2.dropout' -> ['model', 'layers', 2, 'dropout']."""
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"'{key}' is not a dotted key path")
-    return [int(p) if p.isdigit() else p for p in key.split(".")]
+    """'model.layers.2.dropout' or 'model.layers[2].dropout' (as errors print it) -> ['model', 'layers', 2, 'dropout']."""
+    parts: list = []
+    for segment in str(key).split("."):
+        match = _KEY_SEGMENT.fullmatch(segment.strip())
+        if match is None:
+            raise ConfigError(f"'{key}' is not a key path: expected names joined by dots, list indexes written "
+                              "as .1 or [1] (e.g. model.layers[1].dense.units)")
+        name, indexes = match.groups()
+        parts.append(int(name) if name.isascii() and name.isdigit() else name)
+        parts += [int(i) for i in re.findall(r"[0-9]+", indexes)]
+    return parts
 
 
 def set_path(raw: dict, key: str, value: Any) -> dict:
-    """Return a copy of `raw` with `value` at dotted `key`; missing mappings are created."""
+    """Return a copy of `raw` with `value` at `key` (a key path, see split_key); missing mappings are created."""
     parts = split_key(key)
     out = copy.deepcopy(raw)
     node: Any = out
@@ -244,34 +359,25 @@ def set_path(raw: dict, key: str, value: Any) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'train.epochs=3' -> ('train.epochs', 3); the value is read as YAML."""
+    """'train.epochs=3' -> ('train.epochs', 3); the value is read as YAML, as in a config file (1e-3 is a float)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE, got '{text}'")
+    key = key.strip()
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
+        return key, load_yaml_text(value) if value.strip() else None
+    except ConfigError as exc:  # a duplicate key inside a mapping value
+        raise ConfigError(f"--set {key}: {exc.message}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})") from None
+        raise ConfigError(f"--set {key}: value is not valid YAML ({yaml_problem(exc)})") from None
 
 
 # --- loading --------------------------------------------------------------------------------------
 
 
 def read_yaml(path: Path) -> dict:
-    """Read one YAML mapping; malformed YAML is reported with its line."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"malformed YAML: {where}{problem}", file=path) from None
+    """Read one YAML mapping; malformed YAML is reported with its line, a repeated key with its key path."""
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -311,6 +417,8 @@ def _describe_error(err: dict, model_cls) -> tuple[str, str]:
         return format_path(loc), f"unknown key{hint}{listing}"
     if kind == "missing":
         return format_path(loc), "required key is missing"
+    if kind == "finite_number":
+        return format_path(loc), f"expected a finite number, found {err.get('input')} (.inf and .nan are refused)"
     found = err.get("input")
     shown = f"; found {found!r} ({type(found).__name__})" if kind not in ("value_error",) and not isinstance(found, (dict, list)) else ""
     msg = err["msg"].removeprefix("Value error, ")

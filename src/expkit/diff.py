@@ -41,8 +41,9 @@ class DiffRow:
 @dataclass
 class DiffResult:
     text: str
-    worse: bool
+    worse: bool                  # the --fail-on-worse gate failed: exit 1
     rows: list[DiffRow]
+    reasons: list[str] = field(default_factory=list)  # why the gate failed, one line each (also in text)
 
     @property
     def changed(self) -> bool:
@@ -50,10 +51,12 @@ class DiffResult:
 
 
 def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_worse: str | None = None,
-                tolerance: float = 0.0) -> DiffResult:
-    """Per-metric deltas between two tables; `worse` is True when `fail_on_worse` (a metric name)
-    got worse by more than `tolerance` on any matched row. Accuracies: higher is better; losses
-    and seconds: lower is better; a value that became NaN (divergence) is worse."""
+                tolerance: float = 0.0, allow_removed: bool = False) -> DiffResult:
+    """Per-metric deltas between two tables. With `fail_on_worse` (a metric name) the result is a gate:
+    `worse` is True when that metric got worse by more than `tolerance` on any matched row, when no row
+    matched (nothing was compared), or when rows of the old table are missing from the new one (unless
+    `allow_removed`). Accuracies: higher is better; losses and seconds: lower is better; a value that
+    became NaN (divergence) is worse."""
     old_cols, old_rows = _read_table(old_csv_path)
     new_cols, new_rows = _read_table(new_csv_path)
     metrics = [m for m in METRICS if m in old_cols and m in new_cols]
@@ -87,10 +90,24 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
              for o in old_rows if id(o) not in matched_old]
 
     text = _render(rows, old_cols, new_cols)
+    reasons = _gate_failures(rows, fail_on_worse, tolerance, worse_rows, allow_removed) if fail_on_worse else []
+    text += "".join(f"worse: {reason}\n" for reason in reasons)
+    return DiffResult(text, bool(reasons), rows, reasons)
+
+
+def _gate_failures(rows: list[DiffRow], metric: str, tolerance: float, worse_rows: list[str],
+                   allow_removed: bool) -> list[str]:
+    """Why the --fail-on-worse gate fails; a gate that compared nothing, or lost rows, has not passed."""
+    reasons = []
     if worse_rows:
-        text += (f"worse: {fail_on_worse} got worse by more than {tolerance:g} in "
-                 f"{len(worse_rows)} row(s): {', '.join(worse_rows)}\n")
-    return DiffResult(text, bool(worse_rows), rows)
+        reasons.append(f"{metric} got worse by more than {tolerance:g} in {len(worse_rows)} row(s): {', '.join(worse_rows)}")
+    if not any(r.change in ("same", "changed") for r in rows):
+        reasons.append(f"no row of the new table matches a row of the old one, so {metric} was compared nowhere")
+    removed = [r.label for r in rows if r.change == "removed"]
+    if removed and not allow_removed:
+        reasons.append(f"{len(removed)} row(s) of the old table are missing from the new one, so {metric} was not "
+                       f"compared there: {', '.join(removed)} (--allow-removed accepts that)")
+    return reasons
 
 
 def _is_key(column: str) -> bool:

@@ -164,8 +164,13 @@ def build_layer(name: str, args: Any, input_shape: tuple):
     if cls is None or not isinstance(cls, type):
         from .registry import did_you_mean
 
+        if callable(getattr(keras.applications, class_name, None)):
+            # A whole model (ResNet50, MobileNetV2...) is not in keras.layers: it has its own spec form.
+            raise ConfigError(
+                f"'{class_name}' is a keras.applications model, not a keras.layers layer: write it as "
+                f"{{application: {{name: {class_name}, ...its other arguments}}}} (weights default to null)")
         known = [n for n in dir(keras.layers) if n[:1].isupper()]
-        raise ValueError(f"keras.layers has no layer '{class_name}'{did_you_mean(class_name, known)}")
+        raise ConfigError(f"keras.layers has no layer '{class_name}'{did_you_mean(class_name, known)}")
     return cls(**kwargs)
 
 

@@ -41,8 +41,8 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
         try:
             layer = build_layer(name, args, tuple(x.shape[1:]))
             x = layer(x)
-        except ConfigError:
-            raise
+        except ConfigError as exc:
+            raise exc if exc.path else ConfigError(exc.message, path=path) from None
         except Exception as exc:  # Keras reports bad arguments and shapes with many exception types
             raise ConfigError(f"Keras rejected this layer: {_first_line(exc)}", path=path) from None
         shape = tuple(x.shape)
@@ -60,11 +60,20 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
             f"the output shape is {tuple(x.shape)}; a classifier needs (None, {num_classes}): "
             "add flatten or global pooling before the dense layers", path=("model", "layers", last, last_name))
     if cfg.train.loss in CLASS_LOSSES and num_classes is not None and out_units != num_classes:
-        raise ConfigError(
-            f"the output has {out_units} units but the dataset has {num_classes} classes "
-            f"(loss {cfg.train.loss} needs one unit per class)", path=("model", "layers", last, last_name))
+        raise ConfigError(_class_count_mismatch(cfg, out_units, num_classes), path=("model", "layers", last, last_name))
     model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=cfg.name.replace("-", "_"))
     return model
+
+
+def _class_count_mismatch(cfg: ExperimentConfig, out_units: int, num_classes: int) -> str:
+    text = (f"the output has {out_units} units but the dataset has {num_classes} classes "
+            f"(loss {cfg.train.loss} needs one unit per class)")
+    if cfg.data.path is not None and "classes" not in cfg.data.options and num_classes > out_units:
+        # Without class names the classes are counted from the highest label: a stray label looks like a class.
+        text += (f"; if the data has {out_units} classes, its labels must be 0..{out_units - 1} integers, but "
+                 f"{cfg.data.path} holds label {num_classes - 1}: fix the file (or list the class names in "
+                 f"data.options.classes); else give this layer {num_classes} units")
+    return text
 
 
 def check_metrics(metrics: list[str]) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError
-from .source import DATASETS, RawData, Source
+from .source import DATASETS, RawData, Source, check_finite
 
 # Losses whose targets are one-hot rows (compared without '_' and case, so class names match too).
 ONE_HOT_LOSSES = {"categoricalcrossentropy", "categoricalfocalcrossentropy", "categoricalhinge"}
@@ -139,8 +139,12 @@ def _as_image(x: np.ndarray) -> np.ndarray:
 
 
 def _check_raw(raw: RawData, where: str) -> None:
-    """A source's arrays agree with each other: one label per example, one example shape, labels < classes."""
+    """A source's arrays agree with each other: one label per example, one example shape, labels 0..C-1,
+    at least 2 classes, finite pixels."""
     k = len(raw.classes)
+    if k < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, the data has {k} ({', '.join(raw.classes) or 'none'})",
+                          path=where)
     shape = raw.x_train.shape[1:]
     for name, x, y in (("train", raw.x_train, raw.y_train), ("validation", raw.x_val, raw.y_val),
                        ("test", raw.x_test, raw.y_test)):
@@ -151,6 +155,9 @@ def _check_raw(raw: RawData, where: str) -> None:
         if x.shape[1:] != shape:
             raise ConfigError(f"{name} examples have shape {x.shape[1:]}, training examples {shape}", path=where)
         if len(y) and (y.min() < 0 or y.max() >= k):
-            raise ConfigError(f"{name} labels run {y.min()}..{y.max()}, but there are {k} classes", path=where)
+            bad = y.min() if y.min() < 0 else y.max()
+            raise ConfigError(f"labels must be 0..{k - 1} integers ({k} classes); found {bad} in the {name} set",
+                              path=where)
+        check_finite(x, f"the {name} set", where)
     if len(raw.x_train) == 0:
         raise ConfigError("the training set is empty", path=where)

@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from ..registry import did_you_mean
 from .formats import npz_keys, npz_shape
 from .source import (
-    RawData, choice_option, class_names, existing_path, integer_labels, names_option, register_source, shape_option,
+    RawData, check_finite, choice_option, class_names, existing_path, integer_labels, names_option, register_source,
+    shape_option,
 )
 
 # --- npz -----------------------------------------------------------------------------------------
@@ -51,7 +52,8 @@ def _npz_probe(path, *, classes):
     names = names_option("classes", classes)
     if names is None:
         with np.load(file, allow_pickle=False) as f:
-            names = class_names(None, *(f[y] for _, y in style if y in keys), where=str(file))
+            names = class_names(None, {y: integer_labels(f[y], f"{file}: {y}") for _, y in style if y in keys},
+                                where=str(file))
     return shape, len(names)
 
 
@@ -70,11 +72,13 @@ def npz(path, seed, *, classes=None) -> RawData:
                 x, y = f[x_key], integer_labels(f[y_key], f"{file}: {y_key}")
                 if len(x) != len(y) or x.ndim < 2:
                     raise ConfigError(f"{file}: {x_key} has shape {x.shape} but {y_key} has {len(y)} labels", path="data.path")
+                check_finite(x, f"{x_key} of {file}")
                 arrays.append((x, y))
     except (OSError, ValueError) as exc:  # a damaged member, or an object array (pickles are refused)
         raise ConfigError(f"{file}: cannot read ({exc})", path="data.path") from None
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays
-    names = class_names(names_option("classes", classes), y_train, y_val, y_test, where=str(file))
+    labels = {y_key: y for (_, y_key), (_, y) in zip(style, arrays)}
+    names = class_names(names_option("classes", classes), labels, where=str(file))
     return RawData(x_train, y_train, names, x_test, y_test, x_val, y_val)
 
 
@@ -104,8 +108,10 @@ def _splits(root: Path) -> dict[str, Path]:
 def _image_classes(root: Path) -> tuple[dict[str, Path], list[str]]:
     splits = _splits(root)
     classes = [p.name for p in _subfolders(splits["train"])]
-    if not classes:
-        raise ConfigError(f"{splits['train']} holds no class subfolders (one folder of images per class)", path="data.path")
+    if len(classes) < 2:
+        found = f"found 1: {classes[0]}" if classes else "found none"
+        raise ConfigError(f"image_folder needs at least 2 class folders (one folder of images per class) in "
+                          f"{splits['train']}, {found}", path="data.path")
     return splits, classes
 
 
@@ -230,7 +236,8 @@ def _csv_probe(path, *, label_column, pixels_column, usage_column, image_shape, 
     shape = _pixel_shape(len(str(pixels.iloc[0]).split()) if len(first) else 0, image_shape, file)
     if names is None:  # reads one column only: a few seconds for FER2013's 300 MB
         labels = _column(_read_csv(file, usecols=[label_column]), "label_column", label_column, file)
-        names = class_names(None, integer_labels(labels.to_numpy(), f"{file}: column '{label_column}'"), where=str(file))
+        column = f"column '{label_column}'"
+        names = class_names(None, {column: integer_labels(labels.to_numpy(), f"{file}: {column}")}, where=str(file))
     return shape, len(names)
 
 
@@ -270,5 +277,5 @@ def csv_pixels(path, seed, *, label_column="emotion", pixels_column="pixels", us
     parts = {s: (x[split == s], labels[split == s]) for s in ("train", "val", "test") if np.any(split == s)}
     if "train" not in parts:
         raise ConfigError(f"{file}: no row is marked for training in column '{usage_column}'", path="data.path")
-    names = class_names(names_option("classes", classes), labels, where=str(file))
+    names = class_names(names_option("classes", classes), {f"column '{label_column}'": labels}, where=str(file))
     return RawData(*parts["train"], names, *parts.get("test", (None, None)), *parts.get("val", (None, None)))

@@ -104,7 +104,10 @@ def existing_path(path: str | Path | None, dataset: str, *, kind: str) -> Path:
         raise ConfigError(f"the '{dataset}' dataset reads a {kind}: set data.path", path="data.path")
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"{kind} not found: {p}", path="data.path")
+        where = "" if p.is_absolute() else f" (a relative data.path is read from the directory expkit runs in, {Path.cwd()})"
+        raise ConfigError(
+            f"{kind} not found: {p}{where}; 'Where the data goes' in configs/README.md says how to make the data "
+            "files the shipped configs read, and --set data.path=... points elsewhere", path="data.path")
     if kind == "folder" and not p.is_dir():
         raise ConfigError(f"expected a folder, found a file: {p}", path="data.path")
     if kind == "file" and p.is_dir():
@@ -151,20 +154,42 @@ def names_option(name: str, value: Any) -> list[str] | None:
     return names
 
 
-def class_names(given: list[str] | None, *labels: np.ndarray | None, where: str) -> list[str]:
-    """`given` (the `classes` option) checked against the labels, else '0'..'K-1' for K = max label + 1."""
-    present = [y for y in labels if y is not None and len(y)]
-    top = max((int(y.max()) for y in present), default=-1)
-    low = min((int(y.min()) for y in present), default=0)
-    if low < 0:
-        raise ConfigError(f"{where}: labels must be 0 or more, found {low}", path="data.path")
-    if given is None:
-        return [str(i) for i in range(top + 1)]
-    if top >= len(given):
+def class_names(given: list[str] | None, labels: dict[str, np.ndarray | None], *, where: str) -> list[str]:
+    """`given` (the `classes` option) checked against `labels` ({array or column name: labels}), else
+    '0'..'C-1' for C = the highest label + 1, every one of which must label some example."""
+    present = {name: np.asarray(y) for name, y in labels.items() if y is not None and len(y)}
+    for name, y in present.items():
+        if (low := int(y.min())) < 0:
+            raise ConfigError(f"labels must be 0..C-1 integers; found {low} in {name} of {where}", path="data.path")
+    top_name, top = max(((n, int(y.max())) for n, y in present.items()), key=lambda p: p[1], default=("", -1))
+    if given is not None:
+        if top >= len(given):
+            raise ConfigError(f"labels must be 0..{len(given) - 1} integers ({len(given)} class names are given); "
+                              f"found label {top} in {top_name} of {where}", path="data.options.classes")
+        return given
+    if not present:
+        return []
+    seen = np.unique(np.concatenate([y.astype(np.int64) for y in present.values()]))
+    if top < 1:
+        raise ConfigError(f"a classifier needs at least 2 classes, but every label in {where} is {top}", path="data.path")
+    if len(seen) < top + 1:  # the classes are counted from the highest label: a gap is a missing class
+        gap = int(np.flatnonzero(seen != np.arange(len(seen)))[0])  # seen is sorted and ends at top
         raise ConfigError(
-            f"{where} has label {top}, but only {len(given)} class names are given", path="data.options.classes"
-        )
-    return given
+            f"labels must be 0..C-1 integers with an example of each; {where} has labels up to {top} (in {top_name}) "
+            f"but none is {gap}: fix the labels, or list every class name in data.options.classes", path="data.path")
+    return [str(i) for i in range(top + 1)]
+
+
+def check_finite(x: np.ndarray | None, what: str, path: str = "data.path") -> None:
+    """Float pixels hold no NaN or infinity (they would train into a 'diverged' run, blaming the model)."""
+    if x is None or x.dtype.kind != "f" or np.isfinite(np.sum(x, dtype=np.float64)):
+        return  # the sum is finite exactly when every value is (short of overflowing float64)
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return
+    first = int(np.unravel_index(np.argmax(bad), x.shape)[0])
+    raise ConfigError(f"pixel values must be finite numbers; {what} holds {int(bad.sum())} NaN or infinite value(s), "
+                      f"the first in example {first}", path=path)
 
 
 def integer_labels(y: np.ndarray, what: str) -> np.ndarray:
