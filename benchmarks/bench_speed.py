@@ -82,13 +82,11 @@ def worker_plain(args) -> dict:
 
 
 def worker_expkit(args) -> dict:
-    import csv
-
     import numpy as np
 
     from expkit.config import load_config
     from expkit.data import Dataset
-    from expkit.files import read_json
+    from expkit.runfolder import read_metrics, read_record
     from expkit.runner import run_experiment
 
     data = np.load(args.data)
@@ -98,8 +96,8 @@ def worker_expkit(args) -> dict:
                       [str(i) for i in range(data["y_train"].shape[1])])
     with tempfile.TemporaryDirectory() as runs:
         run = run_experiment(cfg, runs_dir=runs, dataset=dataset)
-        results = read_json(run.path / "results.json")
-        rows = list(csv.DictReader((run.path / "metrics.csv").open()))
+        record = read_record(run.path)
+        rows = read_metrics(run.path)
     import keras
 
     from expkit.train import model_macs_per_sample
@@ -107,10 +105,10 @@ def worker_expkit(args) -> dict:
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(args.seed)
     macs = model_macs_per_sample(plain_model(args.model))
-    return {"fit_seconds": results["fit_seconds"], "epoch_seconds": [float(r["epoch_seconds"]) for r in rows],
-            "n_train": results["n_train"], "best_val_accuracy": results["best"]["val_accuracy"],
-            "params": results["params"], "steps_per_execution": results["steps_per_execution"],
-            "eval_batch_size": results["eval_batch_size"], "macs_per_sample": macs, "status": results["status"]}
+    return {"fit_seconds": record.fit_seconds, "epoch_seconds": [r["epoch_seconds"] for r in rows],
+            "n_train": record.n_train, "best_val_accuracy": record.best["val_accuracy"],
+            "params": record.params, "steps_per_execution": record.steps_per_execution,
+            "eval_batch_size": record.eval_batch_size, "macs_per_sample": macs, "status": record.status}
 
 
 def worker_matmul(args) -> dict:

@@ -349,6 +349,137 @@ def test_write_sweep_results_needs_a_sweep(tmp_path):
         write_sweep_results(tmp_path)
 
 
+
+# --- damaged records, folders of runs, earlier grids ------------------------------------------------
+
+
+def warnings(capsys) -> list[str]:
+    return capsys.readouterr().err.splitlines()
+
+
+def test_a_garbage_results_json_is_a_damaged_row_with_a_warning(tmp_path, capsys):
+    good = write_run(tmp_path / "cnn1" / "r1", best=(0.8, 0.8, 0.5, 0.5))
+    bad = write_run(tmp_path / "cnn1" / "r2", seed=1, best=(0.9, 0.9, 0.4, 0.4))
+    (bad / "results.json").write_text('{"name": "cnn1", "status": "do')  # cut off mid-write
+    df = collect_runs([good, bad])
+    assert df["status"].tolist() == ["done", "damaged"]
+    assert df["run"].tolist() == ["cnn1", "cnn1"] and df["seed"].tolist() == [0, 1]
+    assert df.iloc[1][list(df.columns[df.columns.get_loc("params"):df.columns.get_loc("epochs") + 1])].isna().all()
+    [line] = warnings(capsys)
+    assert line.startswith(f"expkit: warning: {bad / 'results.json'}: damaged record: malformed JSON")
+    table = comparison_table(df)  # the damaged seed is not averaged in
+    assert (table["status"].tolist(), table["seeds"].tolist()) == (["1 done, 1 damaged"], [1])
+    assert table["best_val_accuracy"].tolist() == [0.8]
+
+
+def test_binary_garbage_metrics_csv_of_a_killed_run_is_a_damaged_row(tmp_path, capsys):
+    killed = write_run(tmp_path / "cnn1" / "r1", best=None, pid=dead_pid())
+    (killed / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    df = collect_runs([killed])
+    assert df["status"].tolist() == ["damaged"] and math.isnan(df["epochs"].iloc[0])
+    [line] = warnings(capsys)
+    assert line.startswith(f"expkit: warning: {killed / 'metrics.csv'}: damaged record: cannot read as CSV")
+
+
+def test_a_finished_record_is_the_truth_even_beside_a_garbage_metrics_csv(tmp_path, capsys):
+    run = write_run(tmp_path / "cnn1" / "r1", best=(0.8, 0.8, 0.5, 0.5))
+    (run / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    df = collect_runs([run])
+    assert (df["status"].tolist(), df["best_accuracy"].tolist()) == (["done"], [0.8])
+    assert warnings(capsys) == []
+
+
+def test_an_unreadable_status_is_a_damaged_row_naming_status_json(tmp_path, capsys):
+    run = write_run(tmp_path / "cnn1" / "r1", best=None)
+    (run / "status.json").write_text('{"status": "sleeping", "pid": 1}')
+    assert collect_runs([run])["status"].tolist() == ["damaged"]
+    [line] = warnings(capsys)
+    assert line.startswith(f"expkit: warning: {run / 'status.json'}: damaged record")
+
+
+
+def test_an_unreadable_config_is_a_damaged_row_naming_config_yaml(tmp_path, capsys):
+    run = write_run(tmp_path / "runs" / "cnn1" / "r1", name="cnn7", best=(0.8, 0.8, 0.5, 0.5))
+    (run / "config.yaml").write_bytes(b"\x00\x01binary")
+    df = collect_runs([run])
+    assert (df["run"].tolist(), df["status"].tolist(), df["seed"].tolist()) == (["cnn7"], ["damaged"], [0])
+    assert math.isnan(df["best_accuracy"].iloc[0])
+    [line] = warnings(capsys)
+    assert line.startswith(f"expkit: warning: {run / 'config.yaml'}: expected a UTF-8 YAML text file")
+
+def test_expkit_table_exits_0_over_damaged_records(tmp_path, capsys, lr_sweep):
+    from expkit.cli import main
+
+    (lr_sweep / "c3" / "results.json").write_text("not json at all")
+    killed = write_run(tmp_path / "killed" / "r1", best=None, pid=dead_pid(),
+                       metrics=metric_rows([1.0, 0.7], [0.5, 0.7]))
+    (killed / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["table", str(lr_sweep), str(killed)]) == 0
+    captured = capsys.readouterr()
+    assert "| sweep_lr[learning_rate=0.01] | 0.01 | 1 damaged, 1 done | 1 |" in captured.out
+    assert "| cnn1 | 0.01 | damaged | 0 | nan |" in captured.out
+    assert [line.split(": ")[2] for line in captured.err.splitlines()] == [
+        str(lr_sweep / "c3" / "results.json"), str(killed / "metrics.csv")]
+    write_sweep_results(lr_sweep)  # a sweep's own tables survive a damaged trial too
+    assert "1 damaged, 1 done" in (lr_sweep / "results.md").read_text()
+
+
+def test_a_folder_of_run_name_and_sweep_folders_stands_for_each(tmp_path, lr_sweep):
+    runs = lr_sweep.parent
+    write_run(runs / "cnn2" / "20261122-100000-aaaa", name="cnn2", best=(0.7, 0.7, 0.6, 0.6))
+    write_run(runs / "base" / "20261122-100000-aaaa", name="base", best=(0.5, 0.5, 1.0, 1.0))
+    write_run(runs / "base" / "20261123-100000-bbbb", name="base", best=(0.6, 0.6, 0.9, 0.9))
+    write_run(runs / ".trash" / "20261122-100000-aaaa", name="trash", best=(0.1, 0.1, 2.0, 2.0))
+    (runs / "notes").mkdir()  # neither runs nor a sweep: passed over
+    (runs / "README.md").write_text("my runs")
+    df = collect_runs([runs])
+    assert df["path"].tolist() == [str(runs / "base" / "20261123-100000-bbbb"), str(runs / "cnn2" / "20261122-100000-aaaa")] \
+        + [str(lr_sweep / t) for t in ("c3", "a1", "b2", "d4", "e5")]
+    assert df["run"].tolist()[:3] == ["base", "cnn2", "sweep_lr[learning_rate=0.01]"]
+    # one level only: a folder holding a `runs/` is still not a run
+    write_run(tmp_path / "outer" / "runs" / "cnn1" / "r1", best=(0.5, 0.5, 1.0, 1.0))
+    with pytest.raises(ConfigError, match="outer: not a run folder"):
+        collect_runs([tmp_path / "outer"])
+
+
+def mark_earlier(sweep: Path, *trial_ids, extra_values=None) -> None:
+    """Turn trials of the manifest into trials kept from an earlier version of the grid."""
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    for trial in manifest["trials"]:
+        if trial["id"] in trial_ids:
+            trial["in_grid"] = False
+            trial["values"].update(extra_values or {})
+    (sweep / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_trials_from_an_earlier_grid_stay_and_are_marked(lr_sweep):
+    plain = format_table(comparison_table(collect_runs([lr_sweep])), "markdown")
+    mark_earlier(lr_sweep, "b2", "a1", extra_values={"train.batch_size": 64})
+    df = collect_runs([lr_sweep])
+    assert list(df.columns[:5]) == ["run", "path", "status", "grid", "seed"]
+    assert df["grid"].tolist() == ["", "earlier", "earlier", "", ""]
+    # the earlier grid's own key labels its trials and nobody else's
+    assert df["run"].tolist() == ["sweep_lr[learning_rate=0.01]", "sweep_lr[learning_rate=0.01,batch_size=64]",
+                                  "sweep_lr[learning_rate=10.0,batch_size=64]"] + ["sweep_lr[learning_rate=0.001]"] * 2
+    table = comparison_table(df)
+    assert list(table.columns[:5]) == ["run", "train.learning_rate", "train.batch_size", "status", "grid"]
+    assert table["grid"].tolist() == ["", "earlier", "earlier", ""]
+    assert table["seeds"].tolist() == [1, 1, 1, 1]  # an earlier trial never averages into the grid's row
+    lines = format_table(table, "markdown").splitlines()
+    assert lines[0].startswith("| run | train.learning_rate | train.batch_size | status | grid | seeds |")
+    assert lines[3].startswith("| sweep_lr[learning_rate=0.01,batch_size=64] | 0.01 | 64 | done | earlier | 1 |")
+    # a sweep without earlier trials has no grid column: its table is as it always was
+    assert "grid" not in plain and plain.splitlines()[0].startswith("| run | train.learning_rate | status | seeds |")
+
+
+def test_an_earlier_trial_with_the_same_values_keeps_its_own_row(lr_sweep):
+    mark_earlier(lr_sweep, "a1")  # seed 1 of lr=0.01 came from a grid with more seeds
+    table = comparison_table(collect_runs([lr_sweep]))
+    assert table["run"].tolist()[:2] == ["sweep_lr[learning_rate=0.01]"] * 2
+    assert table["grid"].tolist()[:2] == ["", "earlier"]
+    assert table["best_val_accuracy"].tolist()[:2] == pytest.approx([0.82, 0.84])
+
+
 # --- import cost ----------------------------------------------------------------------------------
 
 

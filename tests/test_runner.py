@@ -10,7 +10,8 @@ import yaml
 from expkit.config import validate
 from expkit.errors import ConfigError
 from expkit.runfolder import RunFolder, read_status
-from expkit.runner import run_experiment, summarise
+from expkit.runfolder import RunRecord
+from expkit.runner import run_experiment
 
 
 def read_results(run):
@@ -114,8 +115,11 @@ def test_killed_run_reads_as_interrupted(tmp_path):
 
 
 def test_summarise_best_and_final_ignore_nan():
-    best, final = summarise([{"accuracy": 0.5, "loss": 1.0, "val_accuracy": 0.4, "val_loss": 1.2},
-                             {"accuracy": 0.7, "loss": float("nan"), "val_accuracy": 0.3, "val_loss": 1.1}])
+    record = RunRecord("x", "r", fit_seconds=2.0)
+    record.summarise([{"accuracy": 0.5, "loss": 1.0, "val_accuracy": 0.4, "val_loss": 1.2},
+                      {"accuracy": 0.7, "loss": float("nan"), "val_accuracy": 0.3, "val_loss": 1.1}], n_train=10)
+    best, final = record.best, record.final
+    assert record.epochs_run == 2 and record.samples_per_second == 10.0
     assert best == {"accuracy": 0.7, "val_accuracy": 0.4, "loss": 1.0, "val_loss": 1.1}
     assert final["accuracy"] == 0.7 and math.isnan(final["loss"])
 

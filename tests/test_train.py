@@ -7,8 +7,9 @@ from expkit.models import build_model
 from expkit.runner import prepare
 from expkit.train import (
     MAX_STEPS_PER_EXECUTION, TARGET_MACS_PER_EXECUTION, auto_steps_per_execution, eval_batch_size,
-    model_macs_per_sample, resolve_inter_op_threads, train,
+    model_macs_per_sample, train,
 )
+from expkit.backend import resolve_inter_op_threads
 
 
 def small_cnn_config(**train):

@@ -38,3 +38,7 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         head = ": ".join(p for p in (self.file, self.path) if p)
         return f"{head}: {self.message}" if head else self.message
+
+
+class RunWriteError(Exception):
+    """A run folder could not be written mid-run (disk full, permissions changed): one line, exit 1."""

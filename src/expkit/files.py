@@ -170,11 +170,6 @@ def write_figure_atomic(fig, path: str | Path, **kwargs) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-def read_json(path: str | Path):
-    with open(path) as fh:
-        return json.load(fh)
-
-
 def read_csv(path: str | Path, expected: str = "") -> tuple[list[str], list[dict]]:
     """(columns, rows) of a CSV file; a missing or unreadable file is a ConfigError naming it."""
     path = Path(path)

@@ -1,17 +1,49 @@
-"""The run folder: where one run's record lives. See docs/run-folder.md for the format."""
+"""The run folder contract: statuses, the results.json record, liveness, claims, and the readers.
+
+This module owns every file of a run folder that records what happened (docs/run-folder.md):
+`status.json`, `results.json`, `metrics.csv`, and a sweep's trial claims. Everyone else reads them
+through `read_record`, `read_status` and `read_metrics`; nothing else parses them by their keys.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import os
 import secrets
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from .files import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from .errors import ConfigError
+from .files import write_json_atomic, write_text_atomic, write_yaml_atomic
 
-STATUSES = ("running", "done", "diverged", "failed", "interrupted")
+# --- statuses --------------------------------------------------------------------------------------
+
+PENDING = "pending"          # no folder yet (a sweep trial not started)
+RUNNING = "running"
+DONE = "done"
+DIVERGED = "diverged"        # the loss turned NaN/inf; training stopped, the record is kept
+FAILED = "failed"
+INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, or a process that vanished while running
+DAMAGED = "damaged"          # a record that cannot be read: reported by path, retrained on resume
+STATUSES = (PENDING, RUNNING, DONE, DIVERGED, FAILED, INTERRUPTED, DAMAGED)
+WRITTEN = (RUNNING, DONE, DIVERGED, FAILED, INTERRUPTED)  # what a run may write about itself
+FINISHED = (DONE, DIVERGED)  # a sweep skips these on resume; tables average over them
+
+# A claim or run from another host counts as abandoned when its heartbeat is older than this.
+DEFAULT_STALE_AFTER = float(os.environ.get("EXPKIT_STALE_AFTER", 600))
+HEARTBEAT_SECONDS = 30.0
+
+
+class DamagedRecord(ConfigError):
+    """A run-folder file that exists but cannot be read (truncated JSON, garbage CSV)."""
 
 
 def now_iso() -> str:
@@ -22,16 +54,264 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-class RunFolder:
-    """One run's folder. Created exclusively: an existing folder is never reused."""
+# --- liveness: who holds a run or a claim, and whether it is still there ----------------------------
 
-    def __init__(self, path: Path):
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), so a recycled pid is not taken for the original."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid, start: str | None = None) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start is None or _process_start(pid) in (None, start)
+
+
+@dataclass
+class Holder:
+    """The process holding a run or a claim: host, pid (with its start time), heartbeat."""
+
+    host: str
+    pid: int
+    pid_start: str | None
+    started: str
+    heartbeat: float  # seconds since the epoch
+
+    @classmethod
+    def this_process(cls) -> "Holder":
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()), now_iso(), time.time())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Holder | None":
+        try:
+            return cls(str(data["host"]), int(data["pid"]), data.get("pid_start"), str(data.get("started", "")),
+                       float(data.get("heartbeat", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def alive(self, stale_after: float = DEFAULT_STALE_AFTER) -> bool:
+        """Same host: its process exists. Another host: its heartbeat is younger than `stale_after`."""
+        if self.host == socket.gethostname():
+            return pid_alive(self.pid, self.pid_start)
+        return time.time() - self.heartbeat < stale_after
+
+
+def _legacy_holder(data: dict) -> Holder | None:
+    """status.json of folders written before hosts were recorded: a pid on this host."""
+    holder = Holder.from_dict(data)
+    if holder is None and isinstance(data.get("pid"), int):
+        holder = Holder(socket.gethostname(), data["pid"], None, str(data.get("started", "")), 0.0)
+    return holder
+
+
+# --- the results.json record ------------------------------------------------------------------------
+
+NAN = float("nan")
+
+
+def _nan_metrics() -> dict:
+    return {"accuracy": NAN, "val_accuracy": NAN, "loss": NAN, "val_loss": NAN}
+
+
+@dataclass
+class RunRecord:
+    """results.json: what one run did. Single runs, sweep trials and early failures all write this."""
+
+    name: str
+    run_id: str
+    status: str = RUNNING
+    error: str | None = None
+    seed: int | None = None
+    trial: dict | None = None            # {"id", "values", "seed"} for a sweep's trial
+    params: int | None = None
+    trainable_params: int | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    best: dict = field(default_factory=_nan_metrics)   # max accuracy / min loss over the epochs run
+    final: dict = field(default_factory=_nan_metrics)  # the last epoch
+    test: dict | None = None
+    fit_seconds: float = 0.0
+    epochs_run: int = 0
+    stopped_early: bool = False
+    diverged: bool = False
+    samples_per_second: float | None = None
+    steps_per_execution: int | None = None
+    eval_batch_size: int | None = None
+    jit_compile: bool | None = None
+    device: str | None = None
+    inter_op_threads: int | None = None
+    versions: dict = field(default_factory=dict)
+    host: str | None = None
+    pid: int | None = None
+    started: str | None = None
+    ended: str | None = None
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept on rewrite
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        extra = data.pop("extra")
+        if self.trial is None:
+            data.pop("trial")
+        return {**data, **extra}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunRecord":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        record = cls(name=str(data.get("name", "")), run_id=str(data.get("run_id", "")),
+                     **{k: v for k, v in data.items() if k in known and k not in ("name", "run_id")})
+        record.extra = {k: v for k, v in data.items() if k not in known}
+        record.best = {**_nan_metrics(), **(record.best or {})}
+        record.final = {**_nan_metrics(), **(record.final or {})}
+        return record
+
+    def summarise(self, history: list[dict], n_train: int | None = None) -> None:
+        """Fill best, final, epochs_run and samples_per_second from the per-epoch rows."""
+        keys = ("accuracy", "val_accuracy", "loss", "val_loss")
+        self.best = {k: _best(history, k) for k in keys}
+        last = history[-1] if history else {}
+        self.final = {k: _float(last.get(k)) for k in keys}
+        self.epochs_run = len(history)
+        samples = (n_train if n_train is not None else self.n_train or 0) * len(history)
+        self.samples_per_second = round(samples / self.fit_seconds, 1) if self.fit_seconds > 0 else None
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return NAN
+
+
+def _best(history: list[dict], key: str) -> float:
+    values = [v for v in (_float(r.get(key)) for r in history) if math.isfinite(v)]
+    if not values:
+        return NAN
+    return max(values) if "acc" in key else min(values)
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DamagedRecord(f"damaged record: malformed JSON at line {exc.lineno}: {exc.msg}", file=path) from None
+    except UnicodeDecodeError:
+        raise DamagedRecord("damaged record: not UTF-8 text", file=path) from None
+    except OSError as exc:
+        raise DamagedRecord(f"cannot read: {exc.strerror}", file=path) from None
+    if not isinstance(data, dict):
+        raise DamagedRecord(f"damaged record: expected a JSON mapping, found {type(data).__name__}", file=path)
+    return data
+
+
+def is_run_folder(path: Path) -> bool:
+    return (Path(path) / "results.json").is_file() or (Path(path) / "status.json").is_file()
+
+
+def read_record(folder: str | Path) -> RunRecord | None:
+    """The folder's results.json, or None before the run wrote one. Raises DamagedRecord."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        return None
+    return RunRecord.from_dict(_read_mapping(path))
+
+
+def read_status(folder: str | Path, stale_after: float = DEFAULT_STALE_AFTER) -> str:
+    """The folder's status. `pending` without a folder; a `running` run whose holder is gone reads
+    as `interrupted`; an unreadable record reads as `damaged` (never an exception)."""
+    folder = Path(folder)
+    try:
+        record = read_record(folder)
+        if record is not None:
+            return record.status if record.status in WRITTEN else DAMAGED
+        if not (folder / "status.json").is_file():
+            # a folder just created by its claimer is empty for a moment (dot files are temporaries)
+            visible = folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+            return DAMAGED if visible else PENDING
+        data = _read_mapping(folder / "status.json")
+    except DamagedRecord:
+        return DAMAGED
+    status = data.get("status")
+    if status not in WRITTEN:
+        return DAMAGED
+    holder = _legacy_holder(data)
+    if status == RUNNING and (holder is None or not holder.alive(stale_after)):
+        return INTERRUPTED
+    return status
+
+
+def read_metrics(folder: str | Path) -> list[dict]:
+    """metrics.csv as rows of floats (epoch as int); [] when absent. Raises DamagedRecord."""
+    path = Path(folder) / "metrics.csv"
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DamagedRecord(f"damaged record: cannot read as CSV ({exc.__class__.__name__})", file=path) from None
+    except OSError as exc:
+        raise DamagedRecord(f"cannot read: {exc.strerror}", file=path) from None
+    out = []
+    for i, row in enumerate(rows, 1):
+        if None in row or "epoch" not in row:
+            raise DamagedRecord(f"damaged record: row {i} does not fit the header", file=path)
+        parsed = {k: _float(v) for k, v in row.items()}
+        if not math.isfinite(parsed["epoch"]):
+            raise DamagedRecord(f"damaged record: row {i} has no epoch number", file=path)
+        parsed["epoch"] = int(parsed["epoch"])
+        out.append(parsed)
+    return out
+
+
+def metrics_csv_text(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# --- the run folder, written only by the process that holds it ------------------------------------
+
+
+class ClaimLost(RuntimeError):
+    """Another process took over this trial (our heartbeat went stale): stop writing at once."""
+
+
+class RunFolder:
+    """One run's folder, written only by the process that created (or claimed) it."""
+
+    def __init__(self, path: Path, claim: "Claim | None" = None):
         self.path = Path(path)
-        self.started = now_iso()
+        self.claim = claim
+        self.holder = Holder.this_process()
+        self._status = RUNNING
 
     @classmethod
     def create(cls, runs_dir: str | Path, name: str) -> "RunFolder":
-        """A new folder runs_dir/name/<run-id>; the id is fresh every time."""
+        """A new folder runs_dir/name/<run-id>; the id is fresh every time (mkdir is the claim)."""
         parent = Path(runs_dir) / name
         parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
@@ -43,70 +323,161 @@ class RunFolder:
                 continue
         raise RuntimeError(f"could not create a new run folder under {parent}")
 
-    @classmethod
-    def create_at(cls, path: str | Path) -> "RunFolder":
-        """A new folder at exactly `path` (a sweep trial); fails if it exists."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir()
-        return cls(path)
-
     @property
     def run_id(self) -> str:
         return self.path.name
 
+    @property
+    def started(self) -> str:
+        return self.holder.started
+
+    def _check_held(self) -> None:
+        if self.claim is not None and not self.claim.held():
+            raise ClaimLost(f"{self.path}: another process claimed this trial; this process stops writing to it")
+
     def write_config(self, config: dict) -> None:
+        self._check_held()
         write_yaml_atomic(self.path / "config.yaml", config)
 
     def write_summary(self, text: str) -> None:
+        self._check_held()
         write_text_atomic(self.path / "summary.txt", text)
 
     def set_status(self, status: str) -> None:
-        assert status in STATUSES, status
-        record = {"status": status, "pid": os.getpid(), "started": self.started}
-        if status != "running":
+        if status not in WRITTEN:
+            raise ValueError(f"not a status a run writes: {status!r}")
+        self._check_held()
+        self._status = status
+        self.holder.heartbeat = time.time()
+        record = {"status": status, **asdict(self.holder)}
+        if status != RUNNING:
             record["ended"] = now_iso()
         write_json_atomic(self.path / "status.json", record)
 
+    def beat(self) -> None:
+        """Refresh the heartbeat of the folder (and of its claim): at least once per epoch."""
+        if self.claim is not None:
+            self.claim.beat()
+        if self._status == RUNNING:
+            self.set_status(RUNNING)
+
     def write_metrics(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        columns: list[str] = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(self.path / "metrics.csv", buf.getvalue())
+        if rows:
+            self._check_held()
+            write_text_atomic(self.path / "metrics.csv", metrics_csv_text(rows))
 
-    def write_results(self, results: dict) -> None:
-        write_json_atomic(self.path / "results.json", results)
+    def write_record(self, record: RunRecord) -> None:
+        self._check_held()
+        write_json_atomic(self.path / "results.json", record.to_dict())
 
-    def status(self) -> str | None:
-        """The recorded status; a 'running' folder whose process is gone reads as 'interrupted'."""
-        return read_status(self.path)
+    def new_record(self, name: str, **values: Any) -> RunRecord:
+        return RunRecord(name=name, run_id=self.run_id, host=self.holder.host, pid=self.holder.pid,
+                         started=self.started, **values)
 
 
-def read_status(path: Path) -> str | None:
-    path = Path(path)
-    if (path / "results.json").exists():
-        return read_json(path / "results.json").get("status")
-    if not (path / "status.json").exists():
+# --- claims: exactly one process trains a sweep trial ---------------------------------------------
+
+
+class Claim:
+    """An exclusive claim on a sweep trial: `<sweep>/.claims/<trial-id>.<generation>.json`.
+
+    Files are created with O_EXCL, so of two processes creating the same generation exactly one
+    succeeds. The highest generation is the current claim; a stale one (its holder is dead on this
+    host, or silent past `stale_after` on another) is taken over by creating the next generation,
+    which cannot take a live claim by mistake: a racer that read the same stale generation fails
+    to create the same next one.
+    """
+
+    def __init__(self, path: Path, holder: Holder, token: str):
+        self.path = path
+        self.holder = holder
+        self.token = token
+
+    @staticmethod
+    def _generations(claims_dir: Path, trial_id: str) -> list[int]:
+        out = []
+        for p in claims_dir.glob(f"{trial_id}.*.json"):
+            gen = p.name[len(trial_id) + 1:-len(".json")]
+            if gen.isdigit():
+                out.append(int(gen))
+        return sorted(out)
+
+    @classmethod
+    def current_holder(cls, claims_dir: Path, trial_id: str) -> Holder | None:
+        gens = cls._generations(claims_dir, trial_id)
+        if not gens:
+            return None
+        try:
+            data = json.loads((claims_dir / f"{trial_id}.{gens[-1]}.json").read_text())
+        except (OSError, ValueError):
+            # being written right now (create-exclusive then fill): count it as held
+            return Holder(socket.gethostname(), os.getpid(), None, now_iso(), time.time())
+        return Holder.from_dict(data) if isinstance(data, dict) else None
+
+    @classmethod
+    def acquire(cls, claims_dir: Path, trial_id: str, stale_after: float = DEFAULT_STALE_AFTER) -> "Claim | None":
+        """The claim on `trial_id`, or None when a live process holds it."""
+        claims_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            gens = cls._generations(claims_dir, trial_id)
+            if gens:
+                holder = cls.current_holder(claims_dir, trial_id)
+                if holder is not None and holder.alive(stale_after):
+                    return None
+            gen = gens[-1] + 1 if gens else 1
+            path = claims_dir / f"{trial_id}.{gen}.json"
+            holder = Holder.this_process()
+            token = secrets.token_hex(8)
+            data = json.dumps({**asdict(holder), "token": token, "trial": trial_id}).encode()
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue  # a racer took this generation: look again
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            for old in gens:  # superseded generations: their holders are gone
+                (claims_dir / f"{trial_id}.{old}.json").unlink(missing_ok=True)
+            return cls(path, holder, token)
         return None
-    record = read_json(path / "status.json")
-    if record.get("status") == "running" and not pid_alive(record.get("pid")):
-        return "interrupted"
-    return record.get("status")
+
+    def held(self) -> bool:
+        """True while no later generation has superseded this claim."""
+        trial_id, gen = self.path.name[:-len(".json")].rsplit(".", 1)
+        gens = self._generations(self.path.parent, trial_id)
+        return bool(gens) and gens[-1] == int(gen) and self.path.exists()
+
+    def beat(self) -> None:
+        if not self.held():
+            raise ClaimLost(f"{self.path}: this trial was claimed by another process")
+        self.holder.heartbeat = time.time()
+        write_json_atomic(self.path, {**asdict(self.holder), "token": self.token,
+                                      "trial": self.path.name.rsplit(".", 2)[0]})
+
+    def release(self) -> None:
+        if self.held():
+            self.path.unlink(missing_ok=True)
 
 
-def pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class Heartbeat:
+    """Calls `beat` every `seconds` in a daemon thread, so a long epoch still shows its holder alive."""
+
+    def __init__(self, beat, seconds: float = HEARTBEAT_SECONDS):
+        self._beat = beat
+        self._seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="expkit-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._seconds):
+            try:
+                self._beat()
+            except Exception:  # a lost claim is noticed by the next write; the thread just ends
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -23,72 +23,6 @@ MAX_STEPS_PER_EXECUTION = 64
 MIN_EVAL_BATCH_SIZE = 256
 
 
-def select_device(device: str) -> str:
-    """Apply --device (auto|cpu|gpu) before TensorFlow touches a device; returns a description."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise ConfigError("--device gpu: TensorFlow sees no GPU on this machine (is the CUDA build of "
-                          "TensorFlow installed? `pip install tensorflow[and-cuda]`); use --device cpu or auto")
-    if device == "cpu" and gpus:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # devices already initialised in this process: pin ops instead
-            pass
-        return "CPU"
-    if device in ("auto", "gpu") and gpus:
-        for gpu in gpus:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU ({details.get('device_name', gpus[0].name)})"
-    return "CPU"
-
-
-# On a small CPU-only machine every op's own thread pool already covers all cores: running independent
-# ops side by side oversubscribes them (see docs/performance.md).
-SMALL_CPU_CORES = 4
-
-
-def resolve_inter_op_threads(setting, cpu_count: int | None, has_gpu: bool) -> int:
-    """The inter-op thread count for `train.inter_op_threads` (0 keeps TensorFlow's default)."""
-    if setting != "auto":
-        return setting
-    return 1 if not has_gpu and (cpu_count or 0) <= SMALL_CPU_CORES else 0
-
-
-def set_inter_op_threads(setting) -> int:
-    """Apply `train.inter_op_threads` before TensorFlow starts its runtime; returns the count in force."""
-    import os
-
-    import tensorflow as tf
-
-    threads = resolve_inter_op_threads(setting, os.cpu_count(), bool(tf.config.list_physical_devices("GPU")))
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # the runtime already started in this process (a sweep's later trial): keep it
-        pass
-    return tf.config.threading.get_inter_op_parallelism_threads()
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def set_precision(precision: str) -> None:
-    import keras
-
-    keras.mixed_precision.set_global_policy(precision)
-
-
 def make_optimizer(cfg: ExperimentConfig, steps_per_epoch: int):
     import keras
 
@@ -163,17 +97,24 @@ class TrainResult:
     steps_per_execution: int = 1
     eval_batch_size: int = 0
     jit_compile: bool = False
+    started: float = 0.0  # perf_counter at the start of fit
 
 
 def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callable[[list[dict]], None] | None):
     import keras
     import numpy as np
 
+    def current_rate(model) -> float:
+        return float(np.asarray(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+
     class Recorder(keras.callbacks.Callback):
-        """Per-epoch rows with time and learning rate; stops cleanly when the loss turns NaN."""
+        """Per-epoch rows with time and the rate the epoch trained with; stops when the loss turns NaN.
+
+        It comes after the schedule callbacks, so at an epoch's start it reads the rate they set."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self._start = time.perf_counter()
+            self._rate = current_rate(self.model)
 
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
@@ -186,8 +127,7 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
             row = {"epoch": epoch + 1}
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 row[key] = float(logs.pop(key, float("nan")))
-            opt = self.model.optimizer
-            row["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(opt.learning_rate)))
+            row["learning_rate"] = self._rate
             row["epoch_seconds"] = round(time.perf_counter() - self._start, 4)
             for key in sorted(logs):
                 if key != "learning_rate":
@@ -196,10 +136,11 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
                 result.diverged = True
                 self.model.stop_training = True
             result.history.append(row)
+            result.fit_seconds = time.perf_counter() - result.started
             if on_epoch is not None:
                 on_epoch(result.history)
 
-    callbacks = [Recorder()]
+    callbacks = []
     sched, es = cfg.train.schedule, cfg.train.early_stopping
     if sched is not None and sched.type == "step":
         lr0 = cfg.train.learning_rate
@@ -212,16 +153,7 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode,
             restore_best_weights=es.restore_best_weights))
-    return callbacks
-
-
-def _pipeline(x, y, batch_size: int, shuffle: bool, seed: int):
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return callbacks + [Recorder()]
 
 
 def eval_batch_size(cfg: ExperimentConfig) -> int:
@@ -236,12 +168,14 @@ def resolve_input_pipeline(cfg: ExperimentConfig) -> str:
     return "arrays" if cfg.train.input_pipeline == "auto" else cfg.train.input_pipeline
 
 
-def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None) -> TrainResult:
-    """Compile and fit `model` on `dataset`, then evaluate on its test split."""
-    check_loss(cfg.train.loss)
+def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: TrainResult | None = None) -> TrainResult:
+    """Compile and fit `model` on `dataset`, then evaluate on its test split.
+
+    `result` is filled as training goes (history and fit time after every epoch), so a caller that
+    is interrupted still holds what was finished."""
     n_train = len(dataset.x_train)
     steps_per_epoch = max(1, math.ceil(n_train / cfg.train.batch_size))
-    result = TrainResult()
+    result = result if result is not None else TrainResult()
     spe = cfg.train.steps_per_execution
     result.steps_per_execution = auto_steps_per_execution(model, cfg.train.batch_size, steps_per_epoch) if spe == "auto" else spe
     jit = cfg.train.jit_compile
@@ -259,16 +193,19 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None) -> TrainResul
     fit_kwargs = dict(epochs=cfg.train.epochs, verbose=verbose, callbacks=callbacks)
     eval_batch = result.eval_batch_size = eval_batch_size(cfg)
     if resolve_input_pipeline(cfg) == "tf_data":
-        train_data = _pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)
-        val_data = _pipeline(dataset.x_val, dataset.y_val, eval_batch, False, cfg.seed) if has_val else None
+        from .backend import current
+
+        pipeline = current().input_pipeline
+        train_data = pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)
+        val_data = pipeline(dataset.x_val, dataset.y_val, eval_batch, False, cfg.seed) if has_val else None
         fit_args = (train_data,)
     else:
         fit_args = (dataset.x_train, dataset.y_train)
         fit_kwargs.update(batch_size=cfg.train.batch_size, shuffle=cfg.train.shuffle, validation_batch_size=eval_batch)
         val_data = (dataset.x_val, dataset.y_val) if has_val else None
-    start = time.perf_counter()
+    result.started = time.perf_counter()
     model.fit(*fit_args, validation_data=val_data, **fit_kwargs)
-    result.fit_seconds = time.perf_counter() - start
+    result.fit_seconds = time.perf_counter() - result.started
     if cfg.train.early_stopping is not None and not result.diverged:
         result.stopped_early = len(result.history) < cfg.train.epochs
     if dataset.x_test is not None and len(dataset.x_test) and not result.diverged:

@@ -1,0 +1,24 @@
+"""Reports over run folders: collect them into a DataFrame, compare runs, format the table.
+
+Reads run folders only through expkit.runfolder and never imports TensorFlow. pandas is imported
+inside the functions that build DataFrames, so `expkit diff` (which needs only the constants and
+cell formatting) starts without it.
+
+- `collect`: run, run-name and sweep folders -> one row per run
+- `columns`: the metric columns, and a config flattened into columns
+- `table`: grouping by config, averaging over seeds, difference rows; a sweep's results files
+- `formatting`: Markdown, CSV and LaTeX text at fixed precision
+"""
+
+from ..runfolder import FINISHED
+from .collect import NOT_A_RUN, collect_runs
+from .columns import (METRICS, NOT_COMPARED, RUN_COLUMNS, STD_METRICS, architecture, compact, flatten_config,
+                      is_missing)
+from .formatting import DIFFERENCE_PREFIX, FORMATS, format_number, format_table
+from .table import comparison_table, write_sweep_results
+
+__all__ = [
+    "DIFFERENCE_PREFIX", "FINISHED", "FORMATS", "METRICS", "NOT_A_RUN", "NOT_COMPARED", "RUN_COLUMNS",
+    "STD_METRICS", "architecture", "collect_runs", "compact", "comparison_table", "flatten_config", "format_number",
+    "format_table", "is_missing", "write_sweep_results",
+]

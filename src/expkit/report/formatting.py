@@ -1,0 +1,98 @@
+"""A comparison table as text: Markdown, CSV or a LaTeX tabular, at each metric's fixed precision.
+
+Works on anything with `columns` and `to_dict("records")` (a DataFrame), and imports no pandas:
+`expkit diff` uses `format_number` and these constants without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from ..errors import ConfigError
+from .columns import METRICS, as_float, cell_text, is_missing
+
+DIFFERENCE_PREFIX = "Difference ("
+FORMATS = ("markdown", "csv", "latex")
+
+
+def format_number(column: str, value, *, signed: bool = False) -> str:
+    """A metric cell at its column's fixed precision; NaN is `nan`."""
+    value = as_float(value)
+    if math.isnan(value):
+        return "nan"
+    metric = column[:-4] if column.endswith("_std") else column
+    decimals = 0 if metric == "seeds" else METRICS.get(metric, (4, 0))[0]
+    if decimals is None:
+        decimals = 0 if value == int(value) else 1
+    value = round(value, decimals) or 0.0  # no "-0.0000"
+    return f"{value:{'+' if signed else ''}.{decimals}f}"
+
+
+def format_table(table, fmt: str) -> str:
+    """The table as Markdown, CSV or a LaTeX tabular: fixed precision, NaN as `nan`.
+
+    Markdown and LaTeX show a mean with its spread as `0.8455 ± 0.0031` and leave out `path`;
+    CSV keeps every column, `_std` apart from its mean, for machines (`expkit diff` reads it).
+    Difference rows are signed (+0.0540).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown table format '{fmt}' (known: {', '.join(FORMATS)})")
+    columns = list(table.columns)
+    records = table.to_dict("records")
+    numeric = [c for c in columns if c in METRICS or c == "seeds" or (c.endswith("_std") and c[:-4] in METRICS)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for rec in records:
+            signed = _is_difference(rec)
+            writer.writerow(["" if signed and c == "seeds" else format_number(c, rec[c]) if c in numeric
+                             else cell_text(rec[c]) for c in columns])
+        return buf.getvalue()
+
+    shown = [c for c in columns if c != "path" and not (c.endswith("_std") and c[:-4] in METRICS)]
+    pm = " ± " if fmt == "markdown" else " $\\pm$ "
+    escape = escape_markdown if fmt == "markdown" else escape_latex
+    body = []
+    for rec in records:
+        signed = _is_difference(rec)
+        cells = []
+        for c in shown:
+            if signed and c == "seeds":
+                cells.append("")
+            elif c not in numeric:
+                cells.append(escape(cell_text(rec[c])))
+            else:
+                cell = format_number(c, rec[c], signed=signed)
+                std = rec.get(f"{c}_std")
+                if not signed and c in METRICS and not is_missing(std):
+                    cell += pm + format_number(c, std)
+                cells.append(cell)
+        body.append(cells)
+    header = [escape(c) for c in shown]
+    if fmt == "markdown":
+        rule = ["---:" if c in numeric else "---" for c in shown]
+        return "".join("| " + " | ".join(cells) + " |\n" for cells in [header, rule, *body])
+    spec = "".join("r" if c in numeric else "l" for c in shown)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\hline", " & ".join(header) + " \\\\", "\\hline"]
+    lines += [" & ".join(cells) + " \\\\" for cells in body]
+    lines += ["\\hline", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _is_difference(record: dict) -> bool:
+    return str(record.get("run", "")).startswith(DIFFERENCE_PREFIX)
+
+
+def escape_markdown(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def escape_latex(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)

@@ -1,0 +1,188 @@
+"""The comparison table: runs grouped by config, averaged over seeds, with difference rows; and a
+sweep's results.csv / results.md, rebuilt from its folders."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..files import write_text_atomic
+from ..runfolder import FINISHED
+from .collect import collect_runs, sweep_name
+from .columns import (CONFIG_PREFIX, GRID, METRICS, NOT_COMPARED, RUN_COLUMNS, STD_METRICS, as_float, cell_text,
+                      is_missing, short_keys)
+from .formatting import DIFFERENCE_PREFIX, format_table
+
+
+def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | None = None):
+    """Runs that differ only by seed become one row: the mean of each metric, `<metric>_std`
+    (sample standard deviation, NaN for a single seed) and `seeds` (the finished runs averaged).
+
+    The mean is over the group's finished runs (done or diverged; a diverged run's NaN stays
+    NaN), or, when none has finished, over what the unfinished ones recorded (seeds 0). Rows keep
+    the input order. Columns: `run`, the swept keys, the differing config keys (`only_changed`),
+    `status`, `grid` (only when a row is a trial from an earlier grid, which never shares a row
+    with the current grid's trials), `seeds`, each metric followed by its `_std`, `path` (the
+    group's run folders, `;`-separated). `baseline` (a row's `run` label or a run folder's path)
+    adds a `Difference (<row> - <baseline>)` row per other row.
+    """
+    import pandas as pd
+
+    columns = list(runs_df.columns)
+    cfg_cols = [c for c in columns if c.startswith(CONFIG_PREFIX)]
+    swept = [c for c in columns
+             if c not in RUN_COLUMNS and c != GRID and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
+    compared = [c for c in cfg_cols
+                if c[len(CONFIG_PREFIX):].split(".", 1)[0] not in NOT_COMPARED and c[len(CONFIG_PREFIX):] not in swept]
+    records = runs_df.to_dict("records")
+    with_grid = any(_grid(r) for r in records)
+    groups = _group_by_config(records, cfg_cols, compared)
+    # each group's config, from a member that has one (a pending trial has none)
+    configs = [next((m for m in g if _has_config(m, cfg_cols)), None) for g in groups]
+    known = [c for c in configs if c is not None]
+    changed = [c for c in compared if len({cell_text(k.get(c)) for k in known}) > 1] if only_changed else []
+    labels = _unique_labels(groups, configs, compared)
+    rows = []
+    for label, members in zip(labels, groups):
+        row = {"run": label}
+        for col in swept + changed:
+            row[_unprefixed(col)] = next((m[col] for m in members if not is_missing(m.get(col))), None)
+        row["status"] = _combined_status([m["status"] for m in members])
+        row[GRID] = _grid(members[0])
+        finished = [m for m in members if m["status"] in FINISHED]
+        averaged = finished or members
+        row["seeds"] = len(finished)
+        for metric in METRICS:
+            values = [as_float(m.get(metric)) for m in averaged]
+            row[metric] = sum(values) / len(values)
+            if metric in STD_METRICS:
+                row[f"{metric}_std"] = _sample_std(values)
+        row["path"] = ";".join(str(m["path"]) for m in members)
+        rows.append(row)
+
+    if baseline is not None:
+        rows += _difference_rows(rows, baseline)
+    order = ["run"] + swept + [_unprefixed(c) for c in changed] + ["status"] + ([GRID] if with_grid else []) + ["seeds"]
+    for metric in METRICS:
+        order += [metric] + ([f"{metric}_std"] if metric in STD_METRICS else [])
+    order.append("path")
+    numeric = set(METRICS) | {f"{m}_std" for m in STD_METRICS} | {"seeds"}
+    return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=float if c in numeric else object)
+                         for c in order}, columns=order)
+
+
+def _unprefixed(column: str) -> str:
+    return column[len(CONFIG_PREFIX):] if column.startswith(CONFIG_PREFIX) else column
+
+
+def _grid(record: dict) -> str:
+    value = record.get(GRID)
+    return "" if is_missing(value) else str(value)
+
+
+def _has_config(record: dict, cfg_cols: list[str]) -> bool:
+    return any(not is_missing(record.get(c)) for c in cfg_cols)
+
+
+def _group_by_config(records: list[dict], cfg_cols: list[str], compared: list[str]) -> list[list[dict]]:
+    """Groups of records with the same label, grid and config apart from the seed, in first-seen
+    order. A record with no config (a pending trial) joins the first group with its label and grid."""
+    groups: list[list[dict]] = []
+    by_key: dict[tuple, int] = {}
+    unkeyed_by_label: dict[tuple, int] = {}  # groups made only of records without a config
+    first_by_label: dict[tuple, int] = {}
+    for rec in records:
+        label = (rec["run"], _grid(rec))
+        if _has_config(rec, cfg_cols):
+            key = (label, tuple(cell_text(rec.get(c)) for c in compared))
+            if key not in by_key:
+                if label in unkeyed_by_label:
+                    by_key[key] = unkeyed_by_label.pop(label)
+                else:
+                    by_key[key] = len(groups)
+                    groups.append([])
+            index = by_key[key]
+        elif label in first_by_label:
+            index = first_by_label[label]
+        else:
+            index = unkeyed_by_label[label] = len(groups)
+            groups.append([])
+        first_by_label.setdefault(label, index)
+        groups[index].append(rec)
+    return groups
+
+
+def _unique_labels(groups: list[list[dict]], configs: list[dict | None], compared: list[str]) -> list[str]:
+    """A label shared by groups with different configs gets the differing config values appended."""
+    keys = [(g[0]["run"], _grid(g[0])) for g in groups]
+    out = [g[0]["run"] for g in groups]
+    for key in dict.fromkeys(keys):
+        same = [i for i, k in enumerate(keys) if k == key]
+        if len(same) < 2:
+            continue
+        values = {i: (configs[i] or {}) for i in same}
+        differing = [c for c in compared if len({cell_text(values[i].get(c)) for i in same}) > 1]
+        short = short_keys([_unprefixed(c) for c in differing])
+        for i in same:
+            shown = ",".join(f"{short[_unprefixed(c)]}={cell_text(values[i].get(c))}" for c in differing)
+            out[i] = f"{key[0]}[{shown}]"
+    return out
+
+
+def _combined_status(statuses: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    if len(counts) == 1:
+        return statuses[0]
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def _sample_std(values: list[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _difference_rows(rows: list[dict], baseline: str) -> list[dict]:
+    base = _find_baseline(rows, baseline)
+    diffs = []
+    for row in rows:
+        if row is base:
+            continue
+        diff = {"run": f"{DIFFERENCE_PREFIX}{row['run']} - {base['run']})", "status": "", GRID: "", "path": ""}
+        diff.update({m: as_float(row[m]) - as_float(base[m]) for m in METRICS})
+        diffs.append(diff)
+    return diffs
+
+
+def _find_baseline(rows: list[dict], baseline: str) -> dict:
+    by_label = [r for r in rows if r["run"] == str(baseline)]
+    if len(by_label) == 1:
+        return by_label[0]
+    target = os.path.realpath(baseline)
+    by_path = [r for r in rows if any(target in (os.path.realpath(p), os.path.realpath(Path(p).parent))
+                                      for p in r["path"].split(";"))]
+    if len(by_path) == 1:
+        return by_path[0]
+    labels = ", ".join(r["run"] for r in rows)
+    what = "matches more than one row" if by_path or by_label else "names no row"
+    raise ConfigError(f"--baseline '{baseline}' {what}; give a run label or a run folder path (rows: {labels})")
+
+
+def write_sweep_results(sweep_dir: str | Path) -> tuple[Path, Path]:
+    """Rebuild `results.csv` and `results.md` of a sweep from its folders (the folders are the
+    truth), each written whole; paths in them are relative to the sweep folder."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "manifest.json").is_file():
+        raise ConfigError("not a sweep folder: expected manifest.json", file=sweep_dir)
+    runs = collect_runs([sweep_dir])
+    runs["path"] = [os.path.relpath(p, sweep_dir) for p in runs["path"]]
+    table = comparison_table(runs)
+    name = sweep_name(sweep_dir)
+    csv_path = write_text_atomic(sweep_dir / "results.csv", format_table(table, "csv"))
+    md_path = write_text_atomic(sweep_dir / "results.md", f"# {name}\n\n" + format_table(table, "markdown"))
+    return csv_path, md_path
