@@ -13,7 +13,8 @@ import yaml
 import expkit.runner as runner_mod
 from expkit.config import validate
 from expkit.errors import ConfigError
-from expkit.sweep import dry_run, expand_sweep, run_sweep, trial_id
+from expkit.execute import run_sweep
+from expkit.trials import dry_run, expand_sweep, trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def test_resume_after_interrupt_runs_nothing_twice_and_matches(tiny_config, tmp_
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, runs_dir=tmp_path / "b", log=open(os.devnull, "w"))
     manifest = json.loads((tmp_path / "b" / "sw" / "manifest.json").read_text())
-    assert [t["status"] for t in manifest["trials"]] == ["done", "pending", "pending"]
+    assert [t["status"] for t in manifest["trials"]] == ["done", "interrupted", "pending"]
 
     calls.clear()
     sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path / "b", log=open(os.devnull, "w"))

@@ -3,39 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
-
-
-def _quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing, CPU flags) held back.
-
-    Some of those lines are printed before TF_CPP_MIN_LOG_LEVEL is read, so file descriptor 2 is
-    pointed at a temporary file during the import; if the import fails, what it printed is replayed.
-    """
-    import tempfile
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+from .errors import ConfigError, RunWriteError
 
 
 def _load(args):
@@ -45,39 +17,41 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
+    from . import api
+    from .backend import import_quietly
+    from .runner import ensure_writable
+
     cfg = _load(args)
-    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
-        raise ConfigError("is a file; --runs-dir needs a folder (it is created when missing)", file=args.runs_dir)
-    _quiet_tensorflow()
-    if cfg.sweep is not None:
-        from .sweep import dry_run, run_sweep
-
-        if args.dry_run:
-            dry_run(cfg)
-            return 0
-        sweep_dir, counts = run_sweep(cfg, runs_dir=args.runs_dir, device=args.device, fail_fast=args.fail_fast)
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        print(f"sweep {cfg.name}: {summary}; table in {sweep_dir / 'results.md'}", file=sys.stderr)
-        print(sweep_dir)
-        return 1 if counts.get("failed") or counts.get("pending") or counts.get("interrupted") else 0
     if args.dry_run:
-        return cmd_summary(args, cfg)
-    from .runner import run_experiment
+        import_quietly()
+        if cfg.sweep is None:
+            return cmd_summary(args, cfg)
+        from .trials import dry_run
 
-    run = run_experiment(cfg, runs_dir=args.runs_dir, device=args.device)
-    from .files import read_json
-
-    results = read_json(run.path / "results.json")
-    test = results.get("test") or {}
-    print(f"{cfg.name}: {results['status']}; best val_accuracy {results['best']['val_accuracy']:.4f}, "
-          f"test accuracy {test.get('accuracy', float('nan')):.4f}, {results['fit_seconds']:.1f} s", file=sys.stderr)
+        dry_run(cfg)
+        return 0
+    ensure_writable(args.runs_dir)
+    if cfg.sweep is not None:
+        result = api.sweep(cfg, runs_dir=args.runs_dir, device=args.device, fail_fast=args.fail_fast, log=sys.stderr)
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
+        print(f"sweep {cfg.name}: {summary}; table in {result.path / 'results.md'}", file=sys.stderr)
+        print(result.path)
+        unfinished = set(result.counts) - {"done", "diverged"}
+        return 1 if unfinished else 0
+    run = api.run(cfg, runs_dir=args.runs_dir, device=args.device)
+    record = run.record
+    test = record.test or {}
+    print(f"{cfg.name}: {record.status}; best val_accuracy {record.best['val_accuracy']:.4f}, "
+          f"test accuracy {test.get('accuracy', float('nan')):.4f}, {record.fit_seconds:.1f} s", file=sys.stderr)
     print(run.path)
     return 0
 
 
 def cmd_summary(args, cfg=None) -> int:
+    from .backend import import_quietly
+
     cfg = cfg or _load(args)
-    _quiet_tensorflow()
+    import_quietly()
     from .models import summary_text
     from .runner import prepare
 
@@ -89,8 +63,10 @@ def cmd_summary(args, cfg=None) -> int:
 def cmd_config(args) -> int:
     import yaml
 
+    from .files import ConfigDumper
+
     cfg = _load(args)
-    sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None, width=100))
+    sys.stdout.write(yaml.dump(cfg.to_dict(), Dumper=ConfigDumper, sort_keys=False, default_flow_style=None, width=100))
     return 0
 
 
@@ -132,7 +108,8 @@ def cmd_table(args) -> int:
 def cmd_diff(args) -> int:
     from .diff import diff_tables
 
-    result = diff_tables(args.old, args.new, fail_on_worse=args.fail_on_worse, tolerance=args.tolerance)
+    result = diff_tables(args.old, args.new, fail_on_worse=args.fail_on_worse, tolerance=args.tolerance,
+                         allow_removed=args.allow_removed)
     sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
     return 1 if result.worse else 0
 
@@ -179,12 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.add_argument("--fail-on-worse", metavar="METRIC", help="exit 1 when METRIC got worse by more than --tolerance")
     p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument("--allow-removed", action="store_true",
+                   help="with --fail-on-worse: rows missing from the new table (or no match at all) do not fail the gate")
     p.set_defaults(func=cmd_diff)
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (the run is recorded as interrupted), exiting 128 + 15."""
+
+
 def _sigterm(signum, frame):
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv=None) -> int:
@@ -197,9 +180,12 @@ def main(argv=None) -> int:
             exc = exc.with_file(args.config)
         print(f"expkit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("expkit: interrupted; finished work is kept, the run folder is marked 'interrupted'", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+    except RunWriteError as exc:
+        print(f"expkit: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,27 +1,24 @@
-"""Sweeps: expanding a sweep block into trials (pure), and running them resumably.
+"""Sweeps: expanding a sweep block into trials (pure), and the sweep folder's manifest and tables.
 
-Proposing trials (`expand_sweep`), recording them (the manifest and each trial's run folder) and
-running them (`run_sweep`) are separate. A trial's id is a hash of its resolved config, so the same
+Proposing trials (`expand_sweep`), recording them (the manifest, each trial's run folder) and running
+them (`expkit.execute`) are separate. A trial's id is a hash of its resolved config, so the same
 trial is recognised on every re-run: done trials are skipped, failed and interrupted ones retried.
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import hashlib
 import itertools
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, set_path, validate
 from .errors import ConfigError
-from .files import read_json, write_json_atomic
-from .runfolder import RunFolder, pid_alive, read_status
-
-FINISHED = ("done", "diverged")
+from .files import write_json_atomic
+from .runfolder import read_status
 
 
 @dataclass(frozen=True)
@@ -74,6 +71,12 @@ def expand_sweep(cfg: ExperimentConfig) -> list[Trial]:
                     raise ConfigError(f"{exc.path}: {exc.message}" if exc.path else exc.message,
                                       path=f"sweep ({_label(values)})") from None
                 trials.append(Trial(trial_id(trial_cfg.to_dict()), values, seed, trial_cfg))
+    seen: dict[str, Trial] = {}
+    for t in trials:  # two entries that resolve to one config would count one trained run twice
+        if t.id in seen:
+            raise ConfigError(f"trials ({seen[t.id].label()}, seed {seen[t.id].seed}) and ({t.label()}, seed "
+                              f"{t.seed}) are the same experiment; list each value once", path="sweep")
+        seen[t.id] = t
     return trials
 
 
@@ -82,23 +85,71 @@ def _label(values: dict) -> str:
 
 
 def manifest(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path) -> dict:
+    """The sweep's manifest: its trials in order with their statuses, then the trials of earlier
+    versions of the sweep that still have folders here (`in_grid: false`), so no record is dropped."""
     keys = list(cfg.sweep.grid) + list(cfg.sweep.zip)
+    current = {t.id for t in trials}
+    earlier = [t for t in _read_manifest_trials(sweep_dir)
+               if t.get("id") not in current and (sweep_dir / str(t.get("id"))).is_dir()]
+    for t in earlier:
+        keys += [k for k in t.get("values") or {} if k not in keys]
     return {
         "name": cfg.name,
         "keys": keys,
         "seeds": cfg.sweep.seeds,
-        "trials": [{"id": t.id, "values": t.values, "seed": t.seed,
-                    "status": read_status(sweep_dir / t.id) or "pending"} for t in trials],
+        "trials": [{"id": t.id, "values": t.values, "seed": t.seed, "status": read_status(sweep_dir / t.id)}
+                   for t in trials]
+        + [{**t, "status": read_status(sweep_dir / str(t["id"])), "in_grid": False} for t in earlier],
     }
 
 
+def _read_manifest_trials(sweep_dir: Path) -> list[dict]:
+    try:
+        data = json.loads((sweep_dir / "manifest.json").read_text())
+        trials = data.get("trials") if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return []
+    return [t for t in trials or [] if isinstance(t, dict) and isinstance(t.get("id"), str)]
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path):
+    """Serialise the sweep-level files (manifest, tables, plots) between processes on one sweep."""
+    import fcntl
+
+    with open(sweep_dir / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def refresh(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, plots: bool = False) -> dict:
+    """Rewrite the manifest and the tables from the folders (the folders are the truth); returns
+    the current grid's counts by status."""
+    from .report import write_sweep_results
+
+    with sweep_lock(sweep_dir):
+        data = manifest(cfg, trials, sweep_dir)
+        write_json_atomic(sweep_dir / "manifest.json", data)
+        counts: dict[str, int] = {}
+        for t in data["trials"]:
+            if t.get("in_grid", True):
+                counts[t["status"]] = counts.get(t["status"], 0) + 1
+        write_sweep_results(sweep_dir)
+        if plots:
+            _sweep_plots(cfg, trials, sweep_dir)
+    return counts
+
+
 def dry_run(cfg: ExperimentConfig, out=None) -> list[dict]:
-    """Build every trial's model (no data load, no training) and print the trial table."""
+    """Build and check every trial's model (no data load, no training) and print the trial table."""
     out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
     import keras
 
-    from .runner import prepare
     from .models import count_params, output_shape
+    from .runner import prepare
 
     trials = expand_sweep(cfg)
     rows = []
@@ -116,97 +167,6 @@ def dry_run(cfg: ExperimentConfig, out=None) -> list[dict]:
         print(f"{r['trial']:>3}  {r['id']:10}  {r['values']:{width}}  {r['seed']:>4}  {r['params']:>10,}  {r['output']}", file=out)
     print(f"{len(rows)} trials; every model built.", file=out)
     return rows
-
-
-def _set_aside(path: Path) -> Path:
-    """Move an earlier, unfinished attempt to .attempts/<id>-<n>: nothing is deleted."""
-    attempts = path.parent / ".attempts"
-    attempts.mkdir(exist_ok=True)
-    n = 1
-    while (attempts / f"{path.name}-{n}").exists():
-        n += 1
-    target = attempts / f"{path.name}-{n}"
-    shutil.move(str(path), str(target))
-    return target
-
-
-def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device="auto", fail_fast=False, log=None) -> tuple[Path, dict]:
-    """Run every trial not yet finished; returns (sweep folder, counts by status)."""
-    log = log or sys.stderr
-    import keras
-
-    from .data import load_dataset
-    from .runner import run_experiment
-
-    trials = expand_sweep(cfg)
-    sweep_dir = Path(runs_dir) / cfg.name
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sweep_dir / "manifest.json", manifest(cfg, trials, sweep_dir))
-    datasets: dict[str, object] = {}
-    for i, trial in enumerate(trials, 1):
-        path = sweep_dir / trial.id
-        status = read_status(path)
-        head = f"[{i}/{len(trials)}] {trial.label()} seed={trial.seed} ({trial.id})"
-        if status in FINISHED:
-            print(f"{head}: {status}, skipped", file=log)
-            continue
-        if status == "running" and pid_alive(read_json(path / "status.json").get("pid")):
-            print(f"{head}: running in another process, skipped", file=log)
-            continue
-        if path.exists():
-            moved = _set_aside(path)
-            print(f"{head}: earlier attempt ({status}) kept in {moved}", file=log)
-        print(f"{head}: training", file=log)
-        data_key = json.dumps([trial.config.data.model_dump(mode="json"), trial.seed, trial.config.train.loss])
-        failed = False
-        try:
-            if data_key not in datasets:
-                datasets.clear()  # one dataset in memory at a time
-                datasets[data_key] = load_dataset(trial.config.data, trial.seed, trial.config.train.loss)
-            run_experiment(trial.config, device=device, folder=RunFolder.create_at(path),
-                           trial={"id": trial.id, "values": trial.values, "seed": trial.seed},
-                           dataset=datasets[data_key])
-        except KeyboardInterrupt:
-            _refresh(cfg, trials, sweep_dir)
-            raise
-        except Exception as exc:  # one failing trial does not stop the others
-            failed = True
-            if not (path / "results.json").exists():
-                _record_early_failure(path, trial, exc)
-            print(f"{head}: failed: {str(exc).splitlines()[0]}", file=log)
-        finally:
-            keras.backend.clear_session()
-            gc.collect()
-        _refresh(cfg, trials, sweep_dir)
-        if failed and fail_fast:
-            print("--fail-fast: stopping after the first failed trial", file=log)
-            break
-    counts = _refresh(cfg, trials, sweep_dir, plots=True)
-    return sweep_dir, counts
-
-
-def _record_early_failure(path: Path, trial: Trial, exc: Exception) -> None:
-    """A trial that failed before its folder was written still gets a record."""
-    folder = RunFolder.create_at(path) if not path.exists() else RunFolder(path)
-    folder.write_config(trial.config.to_dict())
-    folder.write_results({"name": trial.config.name, "run_id": trial.id, "status": "failed", "error": str(exc),
-                          "seed": trial.seed, "trial": {"id": trial.id, "values": trial.values, "seed": trial.seed}})
-    folder.set_status("failed")
-
-
-def _refresh(cfg, trials, sweep_dir: Path, plots: bool = False) -> dict:
-    """Rewrite the manifest and the tables from the folders (the folders are the truth)."""
-    from .report import write_sweep_results
-
-    data = manifest(cfg, trials, sweep_dir)
-    write_json_atomic(sweep_dir / "manifest.json", data)
-    counts: dict[str, int] = {}
-    for t in data["trials"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    write_sweep_results(sweep_dir)
-    if plots:
-        _sweep_plots(cfg, trials, sweep_dir)
-    return counts
 
 
 def _sweep_plots(cfg, trials, sweep_dir: Path) -> None:

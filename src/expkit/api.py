@@ -1,0 +1,196 @@
+"""The Python API, for notebooks and scripts. The `expkit` command is a thin layer over it.
+
+    import expkit
+    run = expkit.run({"model": {"layers": [...]}, "train": {"epochs": 2}})
+    run.history            # per-epoch metrics (pandas DataFrame)
+    run.model              # the trained Keras model
+    sweep = expkit.sweep("configs/sweep_lr.yaml", overrides={"data.limit": 2000})
+    sweep.results          # the comparison table (DataFrame)
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .config import ExperimentConfig, load_config as _load_file, set_path, split_key, validate
+from .errors import ConfigError
+from .runfolder import RunRecord, read_metrics, read_record
+
+__all__ = ["load_config", "run", "sweep", "table", "Run", "Sweep", "ConfigError"]
+
+Overrides = Mapping[str, Any] | Iterable[str] | None
+
+
+def load_config(source: str | os.PathLike | Mapping | ExperimentConfig, overrides: Overrides = None) -> ExperimentConfig:
+    """A validated config from a YAML file, a dict or a config, with overrides applied.
+
+    `overrides` is a mapping of dotted keys to values (`{"train.epochs": 2}`) or `--set` style
+    strings (`["train.epochs=2"]`). A dict needs no `name`: it defaults to `experiment`.
+    """
+    if isinstance(source, ExperimentConfig):
+        source = source.to_dict()
+    texts, pairs = _split_overrides(overrides)
+    if isinstance(source, Mapping):
+        raw = dict(source)
+        raw.setdefault("name", "experiment")
+        for text in texts:
+            from .config import parse_override
+
+            key, value = parse_override(text)
+            raw = set_path(raw, key, value)
+        for key, value in pairs:
+            raw = set_path(raw, key, value)
+        return validate(raw)
+    cfg = _load_file(source, texts)
+    if pairs:
+        raw = cfg.to_dict()
+        for key, value in pairs:
+            raw = set_path(raw, key, value)
+        try:
+            cfg = validate(raw)
+        except ConfigError as exc:
+            raise exc.with_file(source) from None
+    return cfg
+
+
+def _split_overrides(overrides: Overrides) -> tuple[list[str], list[tuple[str, Any]]]:
+    if overrides is None:
+        return [], []
+    if isinstance(overrides, Mapping):
+        for key in overrides:
+            split_key(str(key))
+        return [], [(str(k), v) for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        return [overrides], []
+    return list(overrides), []
+
+
+def _html_table(frame, title: str) -> str:
+    return f"<div><strong>{html.escape(title)}</strong>{frame.to_html(index=False, na_rep='nan')}</div>"
+
+
+@dataclass
+class Run:
+    """One finished (or stopped) run: its record, per-epoch history, trained model and folder."""
+
+    path: Path
+    record: RunRecord
+    model: Any = field(default=None, repr=False)  # the trained Keras model (None when read back from disk)
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike) -> "Run":
+        """A run read back from its folder (no model)."""
+        record = read_record(path)
+        if record is None:
+            raise ConfigError("not a finished run folder: no results.json", file=path)
+        return cls(Path(path), record)
+
+    @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def history(self):
+        """metrics.csv as a DataFrame: one row per epoch."""
+        import pandas as pd
+
+        return pd.DataFrame(read_metrics(self.path))
+
+    @property
+    def config(self) -> ExperimentConfig:
+        from .files import read_yaml_file
+
+        return validate(read_yaml_file(self.path / "config.yaml"), file=self.path / "config.yaml")
+
+    def summary(self):
+        """The headline numbers as a one-row DataFrame (the row `expkit table` shows)."""
+        return table([self.path])
+
+    def __repr__(self) -> str:
+        best = self.record.best.get("val_accuracy")
+        return f"Run({self.record.name!r}, status={self.status!r}, best_val_accuracy={best:.4f}, path='{self.path}')"
+
+    def _repr_html_(self) -> str:
+        return _html_table(self.summary(), f"{self.record.name}: {self.status} ({self.path})")
+
+
+@dataclass
+class Sweep:
+    """A sweep folder: its trials' runs and its comparison table."""
+
+    path: Path
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def results(self):
+        """The sweep's comparison table (mean ± std over seeds), as `results.csv` holds it."""
+        return table([self.path])
+
+    @property
+    def trials(self) -> list[Run]:
+        """Every trial of the manifest that has a record, in manifest order."""
+        import json
+
+        manifest = json.loads((self.path / "manifest.json").read_text())
+        runs = []
+        for t in manifest.get("trials", []):
+            folder = self.path / str(t.get("id"))
+            if read_record(folder) is not None:
+                runs.append(Run.from_folder(folder))
+        return runs
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        return f"Sweep('{self.path}'{', ' + counts if counts else ''})"
+
+    def _repr_html_(self) -> str:
+        return _html_table(self.results, f"sweep {self.path.name} ({self.path})")
+
+
+def run(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = "runs", device: str = "auto") -> Run:
+    """Train one experiment (no sweep) and return its Run, model included.
+
+    A user mistake raises ConfigError before anything is written; a run that fails in training
+    records `failed` in its folder and re-raises."""
+    from .backend import import_quietly
+    from .runner import ensure_writable, run_experiment
+
+    cfg = load_config(config, overrides)
+    if cfg.sweep is not None:
+        raise ConfigError("this config has a sweep block: use expkit.sweep()", path="sweep")
+    ensure_writable(runs_dir)
+    import_quietly()
+    kept: list = []
+    folder = run_experiment(cfg, runs_dir=runs_dir, device=device, keep_model=kept)
+    return Run(folder.path, read_record(folder.path), kept[0] if kept else None)
+
+
+def sweep(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = "runs", device: str = "auto",
+          fail_fast: bool = False, log=None) -> Sweep:
+    """Run every unfinished trial of a sweep (resumable; safe beside other processes on the same
+    sweep) and return the Sweep."""
+    import io
+
+    from .backend import import_quietly
+    from .execute import run_sweep
+
+    cfg = load_config(config, overrides)
+    if cfg.sweep is None:
+        raise ConfigError("this config has no sweep block: use expkit.run()", path="sweep")
+    import_quietly()
+    sweep_dir, counts = run_sweep(cfg, runs_dir=runs_dir, device=device, fail_fast=fail_fast,
+                                  log=log if log is not None else io.StringIO())
+    return Sweep(Path(sweep_dir), counts)
+
+
+def table(paths, *, only_changed: bool = False, baseline: str | None = None):
+    """One comparison table (DataFrame) from run folders, run-name folders and sweep folders."""
+    from .report import collect_runs, comparison_table
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return comparison_table(collect_runs([Path(p) for p in paths]), only_changed=only_changed, baseline=baseline)
