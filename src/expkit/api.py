@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .config import ExperimentConfig, load_config as _load_file, set_path, split_key, validate
+from .config import ExperimentConfig, apply_overrides, load_config as _load_file, validate
 from .errors import ConfigError
 from .runfolder import RunRecord, read_metrics, read_record
 
@@ -29,44 +29,27 @@ def load_config(source: str | os.PathLike | Mapping | ExperimentConfig, override
     """A validated config from a YAML file, a dict or a config, with overrides applied.
 
     `overrides` is a mapping of dotted keys to values (`{"train.epochs": 2}`) or `--set` style
-    strings (`["train.epochs=2"]`). A dict needs no `name`: it defaults to `experiment`.
+    strings (`["train.epochs=2"]`), applied to the raw config before it is validated. A dict needs
+    no `name`: it defaults to `experiment`.
     """
+    items = _override_items(overrides)
     if isinstance(source, ExperimentConfig):
         source = source.to_dict()
-    texts, pairs = _split_overrides(overrides)
     if isinstance(source, Mapping):
         raw = dict(source)
         raw.setdefault("name", "experiment")
-        for text in texts:
-            from .config import parse_override
-
-            key, value = parse_override(text)
-            raw = set_path(raw, key, value)
-        for key, value in pairs:
-            raw = set_path(raw, key, value)
-        return validate(raw)
-    cfg = _load_file(source, texts)
-    if pairs:
-        raw = cfg.to_dict()
-        for key, value in pairs:
-            raw = set_path(raw, key, value)
-        try:
-            cfg = validate(raw)
-        except ConfigError as exc:
-            raise exc.with_file(source) from None
-    return cfg
+        return validate(apply_overrides(raw, items))
+    return _load_file(source, items)
 
 
-def _split_overrides(overrides: Overrides) -> tuple[list[str], list[tuple[str, Any]]]:
+def _override_items(overrides: Overrides) -> list:
     if overrides is None:
-        return [], []
-    if isinstance(overrides, Mapping):
-        for key in overrides:
-            split_key(str(key))
-        return [], [(str(k), v) for k, v in overrides.items()]
+        return []
     if isinstance(overrides, str):
-        return [overrides], []
-    return list(overrides), []
+        return [overrides]
+    if isinstance(overrides, Mapping):
+        return [(str(k), v) for k, v in overrides.items()]
+    return list(overrides)
 
 
 def _html_table(frame, title: str) -> str:

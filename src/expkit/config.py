@@ -458,16 +458,22 @@ def validate(raw: dict, *, file=None) -> ExperimentConfig:
         raise ConfigError(message + more, file=file, path=path) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> ExperimentConfig:
-    """Load, merge `extends`, apply `--set` overrides, validate. Every error names the file."""
+def apply_overrides(raw: dict, overrides) -> dict:
+    """Apply `--set` strings ('train.epochs=3') or (key, value) pairs to the raw dict, in order."""
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        raw = set_path(raw, key, value)
+    return raw
+
+
+def load_config(path: str | Path, overrides=()) -> ExperimentConfig:
+    """Load, merge `extends`, apply overrides (`--set` strings or (key, value) pairs), validate.
+    Every error names the file."""
     path = Path(path)
     try:
         raw = load_raw(path)
         raw.setdefault("name", path.stem)
-        for text in overrides:
-            key, value = parse_override(text)
-            raw = set_path(raw, key, value)
-        return validate(raw)
+        return validate(apply_overrides(raw, overrides))
     except ConfigError as exc:
         raise exc.with_file(path) from None
 

@@ -40,6 +40,8 @@ FINISHED = (DONE, DIVERGED)  # a sweep skips these on resume; tables average ove
 # A claim or run from another host counts as abandoned when its heartbeat is older than this.
 DEFAULT_STALE_AFTER = float(os.environ.get("EXPKIT_STALE_AFTER", 600))
 HEARTBEAT_SECONDS = 30.0
+# A claim file is created empty (O_EXCL) and filled at once; one still empty after this was abandoned.
+CLAIM_FILL_SECONDS = 30.0
 
 
 class DamagedRecord(ConfigError):
@@ -407,11 +409,17 @@ class Claim:
         gens = cls._generations(claims_dir, trial_id)
         if not gens:
             return None
+        path = claims_dir / f"{trial_id}.{gens[-1]}.json"
         try:
-            data = json.loads((claims_dir / f"{trial_id}.{gens[-1]}.json").read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
-            # being written right now (create-exclusive then fill): count it as held
-            return Holder(socket.gethostname(), os.getpid(), None, now_iso(), time.time())
+            # Created (O_EXCL) but not filled yet: held for a moment. Left empty long ago (its
+            # claimer died between create and write): nobody's.
+            try:
+                fresh = time.time() - path.stat().st_mtime < CLAIM_FILL_SECONDS
+            except OSError:
+                fresh = False
+            return Holder(socket.gethostname(), os.getpid(), None, now_iso(), time.time()) if fresh else None
         return Holder.from_dict(data) if isinstance(data, dict) else None
 
     @classmethod
@@ -447,11 +455,15 @@ class Claim:
         return bool(gens) and gens[-1] == int(gen) and self.path.exists()
 
     def beat(self) -> None:
+        lost = ClaimLost(f"{self.path}: this trial was claimed by another process")
         if not self.held():
-            raise ClaimLost(f"{self.path}: this trial was claimed by another process")
+            raise lost
         self.holder.heartbeat = time.time()
         write_json_atomic(self.path, {**asdict(self.holder), "token": self.token,
                                       "trial": self.path.name.rsplit(".", 2)[0]})
+        if not self.held():  # superseded while writing: do not leave our old generation behind
+            self.path.unlink(missing_ok=True)
+            raise lost
 
     def release(self) -> None:
         if self.held():
