@@ -83,6 +83,52 @@ def test_early_stopping_and_step_schedule(tmp_path, tiny_config):
     assert rates[:2] == pytest.approx([0.02, 0.01])
 
 
+def test_learning_rate_column_is_the_rate_the_epoch_trained_with(tmp_path, tiny_config):
+    """A per-step schedule halves the rate after each epoch's steps: epoch 1 trained at 0.02, not
+    at the 0.01 in force once it ended."""
+    train = {**tiny_config["train"], "learning_rate": 0.02,
+             "schedule": {"type": "exponential", "decay_rate": 0.5, "decay_epochs": 1.0, "staircase": True}}
+    run = run_experiment(validate({**tiny_config, "train": train}), runs_dir=tmp_path)
+    rates = [float(r["learning_rate"]) for r in csv.DictReader((run.path / "metrics.csv").open())]
+    assert rates == pytest.approx([0.02, 0.01, 0.005])
+
+
+def test_data_that_does_not_fit_a_stated_input_shape_is_refused_before_training(tmp_path, tiny_config):
+    cfg = validate({**tiny_config, "model": {**tiny_config["model"], "input_shape": [64]}})
+    with pytest.raises(ConfigError) as info:
+        run_experiment(cfg, runs_dir=tmp_path)
+    assert info.value.path == "model.input_shape" and "[8, 8, 1]" in info.value.message
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_a_write_failure_mid_run_is_one_error_and_records_that_agree(tmp_path, tiny_config, monkeypatch):
+    """The disk fills after the second epoch: RunWriteError (one line, exit 1 in the CLI), and the
+    folder says failed in both status.json and results.json, never 'running' beside 'done'."""
+    import errno
+
+    import expkit.runfolder as rf
+    from expkit.errors import RunWriteError
+
+    real = rf.write_text_atomic
+    calls = {"metrics": 0}
+
+    def fill_disk_on_third_epoch(path, text):
+        if path.name == "metrics.csv":
+            calls["metrics"] += 1
+            if calls["metrics"] == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(rf, "write_text_atomic", fill_disk_on_third_epoch)
+    with pytest.raises(RunWriteError, match="No space left on device"):
+        run_experiment(validate(tiny_config), runs_dir=tmp_path)
+    (run_dir,) = (tmp_path / "tiny").iterdir()
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert record["epochs_run"] >= 2
+
+
 def test_user_mistake_raises_before_any_folder(tmp_path, tiny_config):
     bad = {**tiny_config, "train": {**tiny_config["train"], "optimizer": "adamm"}}
     with pytest.raises(ConfigError) as info:
