@@ -160,3 +160,41 @@ def test_trials_that_resolve_to_one_experiment_are_refused(tiny_config):
     with pytest.raises(ConfigError, match="are the same experiment") as info:
         expand_sweep(cfg)
     assert info.value.path == "sweep" and "seed=1" in info.value.message and "seed=2" in info.value.message
+
+
+def test_a_sweep_folder_that_stops_being_writable_is_one_line_exit_1(tmp_path, tiny_config, monkeypatch, capsys):
+    """The disk fills after the first trial: one error line naming the folder, exit 1, no traceback,
+    and the finished trial's record intact."""
+    import errno
+
+    import expkit.trials as trials_mod
+    from expkit.cli import main
+
+    real = trials_mod.write_json_atomic
+    writes = {"n": 0}
+
+    def full_after_first_trial(path, data):
+        writes["n"] += 1
+        if writes["n"] >= 3:  # the manifest at start, after trial 1, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(trials_mod, "write_json_atomic", full_after_first_trial)
+    path = sweep_file(tmp_path, tiny_config, epochs=1)
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("expkit: error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and str(tmp_path / "runs" / "sw") in lines[0]
+    assert "Traceback" not in err
+    finished = list((tmp_path / "runs" / "sw").glob("*/results.json"))
+    assert finished and all(json.loads(p.read_text())["status"] == "done" for p in finished)
+
+
+def test_an_unwritable_runs_folder_is_refused_before_any_work(tmp_path, tiny_config):
+    """/proc refuses new files even to root: the error comes before data is loaded."""
+    path = sweep_file(tmp_path, tiny_config)
+    out = subprocess.run(cli("run", path, "--runs-dir", "/proc/expkit-runs"), env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("expkit: error: /proc/expkit-runs: cannot write here")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig
-from .errors import ConfigError
+from .errors import ConfigError, RunWriteError
 from .runfolder import (DEFAULT_STALE_AFTER, FAILED, FINISHED, PENDING, RUNNING, Claim, ClaimLost, RunFolder,
                         RunRecord, Holder, read_status)
 from .trials import Trial, expand_sweep, refresh
@@ -97,6 +97,8 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
                            trial={"id": trial.id, "values": trial.values, "seed": trial.seed})
         except ClaimLost as exc:
             return TrialOutcome(RUNNING, False, str(exc))
+        except RunWriteError:
+            raise  # the sweep folder cannot be written: every later trial would fail the same way
         except (KeyboardInterrupt, ConfigError) as exc:
             _record_early_failure(folder, trial, exc)
             raise
@@ -200,8 +202,11 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
             try:
                 outcome = run_trial(trial, sweep_dir, device=device, datasets=datasets, stale_after=stale_after,
                                     log=_Prefixed(log, f"[{i}/{len(trials)}] "))
-            except (KeyboardInterrupt, ConfigError):
-                refresh(cfg, trials, sweep_dir)
+            except (KeyboardInterrupt, ConfigError, RunWriteError):
+                try:
+                    refresh(cfg, trials, sweep_dir)
+                except RunWriteError:
+                    pass  # the first error is the one to report
                 raise
             if not outcome.trained and outcome.status == RUNNING:
                 if trial.id not in waiting_said:

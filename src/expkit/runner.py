@@ -128,7 +128,7 @@ def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str |
     history = result.history
     record.fit_seconds = round(result.fit_seconds, 3)
     record.summarise(history)
-    record.status, record.error = status, error
+    record.status, record.error = status, _plain(error)
     record.test = result.test
     record.stopped_early, record.diverged = bool(result.stopped_early), bool(result.diverged)
     record.steps_per_execution = result.steps_per_execution
@@ -145,6 +145,13 @@ def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str |
             plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=record.name)
         except Exception as exc:  # a plot must never cost the run's record
             print(f"expkit: could not draw curves.png: {exc}", file=sys.stderr)
+
+
+def _plain(text: str | None) -> str | None:
+    """Error text without terminal colour codes (Keras colours some of its messages)."""
+    import re
+
+    return None if text is None else re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
 def _finish_quietly(run: RunFolder, record: RunRecord, result, error: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, set_path, validate
-from .errors import ConfigError
+from .errors import ConfigError, RunWriteError
 from .files import write_json_atomic
 from .runfolder import read_status
 
@@ -130,16 +130,19 @@ def refresh(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, plots: 
     the current grid's counts by status."""
     from .report import write_sweep_results
 
-    with sweep_lock(sweep_dir):
-        data = manifest(cfg, trials, sweep_dir)
-        write_json_atomic(sweep_dir / "manifest.json", data)
-        counts: dict[str, int] = {}
-        for t in data["trials"]:
-            if t.get("in_grid", True):
-                counts[t["status"]] = counts.get(t["status"], 0) + 1
-        write_sweep_results(sweep_dir)
-        if plots:
-            _sweep_plots(cfg, trials, sweep_dir)
+    try:
+        with sweep_lock(sweep_dir):
+            data = manifest(cfg, trials, sweep_dir)
+            write_json_atomic(sweep_dir / "manifest.json", data)
+            counts: dict[str, int] = {}
+            for t in data["trials"]:
+                if t.get("in_grid", True):
+                    counts[t["status"]] = counts.get(t["status"], 0) + 1
+            write_sweep_results(sweep_dir)
+            if plots:
+                _sweep_plots(cfg, trials, sweep_dir)
+    except OSError as exc:
+        raise RunWriteError(f"{sweep_dir}: cannot write the sweep's manifest and tables: {exc.strerror or exc}") from None
     return counts
 
 
