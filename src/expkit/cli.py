@@ -19,7 +19,6 @@ def _load(args):
 def cmd_run(args) -> int:
     from . import api
     from .backend import import_quietly
-    from .runner import ensure_writable
 
     cfg = _load(args)
     if args.dry_run:
@@ -30,7 +29,6 @@ def cmd_run(args) -> int:
 
         dry_run(cfg)
         return 0
-    ensure_writable(args.runs_dir)
     if cfg.sweep is not None:
         result = api.sweep(cfg, runs_dir=args.runs_dir, device=args.device, fail_fast=args.fail_fast, log=sys.stderr)
         summary = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
