@@ -1,0 +1,218 @@
+"""The trained model (model.keras) and per-epoch checkpoints, so an interrupted run resumes from its
+last finished epoch and ends with the numbers an uninterrupted run would have.
+
+`checkpoint.keras` is the model with its optimizer state in Keras' own format, plus two members
+expkit adds to the same zip: `expkit-state.json` (the epochs finished, metrics.csv's rows, the fit
+seconds, whether training was stopping, the counters of the seed generators that drive dropout,
+and the state of early stopping and of a plateau schedule: none of which Keras saves) and, when
+early stopping will restore its best epoch and that epoch is not the last, the best weights
+(`expkit-best-weights.npz`). One file, written under a temporary name and renamed, so a checkpoint
+is always one whole epoch.
+
+Why a resumed run repeats the uninterrupted one: weights, optimizer moments, the step count and
+the learning rate come back from the file, the seed generators' counters and the callbacks' state
+from expkit-state.json; and the order of the training examples comes from `fit(shuffle=True)`'s
+seeded op in Keras' input pipeline, whose seeds depend only on the run's seed (`seed_everything`),
+so the resumed process draws the order the uninterrupted one drew (tests/test_checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINT = "checkpoint.keras"
+MODEL = "model.keras"
+STATE_MEMBER = "expkit-state.json"
+BEST_WEIGHTS_MEMBER = "expkit-best-weights.npz"
+# Callback attributes that carry state from one epoch to the next.
+CALLBACK_STATE = {"EarlyStopping": ("wait", "stopped_epoch", "best", "best_epoch"),
+                  "ReduceLROnPlateau": ("wait", "best", "cooldown_counter")}
+SEED_STATE = "seed_generator_state"  # the variable name of a keras.random.SeedGenerator's state
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp.keras")  # Keras wants the suffix
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _unsaved(what: str, exc: Exception) -> None:
+    """A model Keras cannot save costs the file, not the run: one warning line. (A full disk, an
+    OSError, is raised like any other failed write of the run folder.)"""
+    detail = " ".join(str(exc).split())[:300]
+    print(f"expkit: warning: could not save {what} ({type(exc).__name__}: {detail})", file=sys.stderr)
+
+
+def save_model(model, folder: str | Path) -> Path | None:
+    """`model.keras` in `folder`, whole or not at all."""
+    path = Path(folder) / MODEL
+    tmp = _temporary(path)
+    try:
+        model.save(tmp)
+        _replace(tmp, path)
+    except OSError:
+        raise
+    except Exception as exc:
+        _unsaved(MODEL, exc)
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def seed_variables(model) -> list:
+    """The states of the model's seed generators (dropout and other random layers), in model order."""
+    return [v for v in model.variables if v.name == SEED_STATE]
+
+
+def write_checkpoint(model, folder: str | Path, state: dict, best_weights: list | None = None) -> Path:
+    import numpy as np
+
+    path = Path(folder) / CHECKPOINT
+    tmp = _temporary(path)
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as zf:
+            zf.writestr(STATE_MEMBER, json.dumps(state, allow_nan=True))
+            if best_weights is not None:
+                buf = io.BytesIO()
+                np.savez(buf, *best_weights)
+                zf.writestr(BEST_WEIGHTS_MEMBER, buf.getvalue())
+        _replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(folder: str | Path) -> Checkpoint | None:
+    """The folder's checkpoint, or None when it has none (or one that cannot be read: a warning, and
+    the run starts again from its first epoch)."""
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            state = json.loads(zf.read(STATE_MEMBER))
+        int(state["epoch"]), list(state["history"])
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        print(f"expkit: warning: {path}: unreadable checkpoint ({type(exc).__name__}: {exc}); training starts "
+              "again from the first epoch", file=sys.stderr)
+        return None
+    return Checkpoint(path, state)
+
+
+def resumable_epoch(folder: str | Path) -> int | None:
+    """The epochs a run folder's checkpoint holds, or None without a usable checkpoint."""
+    found = read_checkpoint(folder)
+    return None if found is None else found.epoch
+
+
+def remove_checkpoint(folder: str | Path) -> None:
+    (Path(folder) / CHECKPOINT).unlink(missing_ok=True)
+
+
+def _plain(value):
+    """A callback's number as JSON (numpy scalars included); None stays None."""
+    if value is None:
+        return None
+    try:
+        return float(value) if not isinstance(value, (bool, int)) else value
+    except (TypeError, ValueError):
+        return None
+
+
+def restore(model, checkpoint: Checkpoint) -> None:
+    """Load the checkpoint's weights, optimizer state and seed-generator counters into the compiled
+    `model` (built by the same config, so every variable lines up)."""
+    import numpy as np
+
+    model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded into
+    model.load_weights(checkpoint.path)
+    seeds = checkpoint.state.get("seeds") or []
+    variables = seed_variables(model)
+    if len(seeds) != len(variables):
+        raise ValueError(f"{checkpoint.path}: holds {len(seeds)} seed generator states, the model has "
+                         f"{len(variables)}: the checkpoint belongs to another model")
+    for variable, value in zip(variables, seeds):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
+def checkpoint_callback(folder: Path | None, result, callbacks: list, resume: Checkpoint | None):
+    """A Keras callback, last in the list: at the start of training it puts back the state of
+    `callbacks` a resumed run had (after they reset themselves in their own on_train_begin); after
+    each epoch it writes the checkpoint to `folder` (None: it writes nothing)."""
+    import keras
+
+    watched = [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE]
+    target = {"folder": folder}  # None after a checkpoint Keras could not save: one warning, no more tries
+
+    class Checkpointer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if resume is None:
+                return
+            saved = resume.state.get("callbacks") or {}
+            for cb in watched:
+                state = saved.get(type(cb).__name__) or {}
+                for attr in CALLBACK_STATE[type(cb).__name__]:
+                    if attr in state:
+                        setattr(cb, attr, state[attr])
+                if getattr(cb, "restore_best_weights", False) and state.get("best_weights"):
+                    cb.best_weights = self._best_weights(state["best_weights"])
+
+        def _best_weights(self, where: str):
+            import numpy as np
+
+            if where == "current":
+                return self.model.get_weights()
+            with zipfile.ZipFile(resume.path) as zf, np.load(io.BytesIO(zf.read(BEST_WEIGHTS_MEMBER))) as npz:
+                return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+        def on_epoch_end(self, epoch, logs=None):
+            if target["folder"] is None or result.diverged:
+                return
+            saved, best = {}, None
+            for cb in watched:
+                state = {attr: _plain(getattr(cb, attr, None)) for attr in CALLBACK_STATE[type(cb).__name__]}
+                if getattr(cb, "restore_best_weights", False) and getattr(cb, "best_weights", None) is not None:
+                    state["best_weights"] = "current" if cb.best_epoch == epoch else "stored"
+                    best = None if cb.best_epoch == epoch else cb.best_weights
+                saved[type(cb).__name__] = state
+            state = {"epoch": epoch + 1, "history": result.history, "fit_seconds": result.fit_seconds,
+                     "stopping": bool(self.model.stop_training), "callbacks": saved,
+                     "seeds": [np_list(v) for v in seed_variables(self.model)]}
+            try:
+                write_checkpoint(self.model, target["folder"], state, best)
+            except OSError:
+                raise
+            except Exception as exc:
+                _unsaved(f"{CHECKPOINT}; this run cannot be resumed", exc)
+                target["folder"] = None
+
+    return Checkpointer()
+
+
+def np_list(variable) -> list:
+    import keras
+
+    return keras.ops.convert_to_numpy(variable).tolist()

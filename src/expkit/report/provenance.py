@@ -1,0 +1,130 @@
+"""Where a table's numbers come from: the code, the library versions and the data of its runs, so
+`expkit diff` can say when two tables were made with different ones.
+
+A table's own bytes do not carry this (results.csv stays as it was); it is read from
+1. `<table>.provenance.json` beside the table, which `expkit table --format csv -o FILE` writes
+   (copy it with the table, say into a baseline folder), or else
+2. the run folders the table's `path` column names, through each run's results.json (a sweep's
+   results.csv sits in its sweep folder, with paths relative to it).
+Uses json and the run-folder readers only, so `expkit diff` still starts without pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..files import write_json_atomic
+from ..runfolder import DamagedRecord, read_record
+
+SIDECAR_SUFFIX = ".provenance.json"
+
+
+def sidecar_path(table_path: str | Path) -> Path:
+    """results.csv -> results.provenance.json"""
+    path = Path(table_path)
+    return path.with_name(path.stem + SIDECAR_SUFFIX)
+
+
+def run_provenance(folder: str | Path) -> dict | None:
+    """{"versions", "git", "data_sha256"} of one run folder; None without a readable record."""
+    try:
+        record = read_record(folder)
+    except DamagedRecord:
+        return None
+    if record is None:
+        return None
+    return {"versions": dict(record.versions or {}), "git": record.git, "data_sha256": record.data_sha256}
+
+
+def _folders(cell: str, base: Path) -> list[Path]:
+    out = []
+    for part in str(cell or "").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        candidate = base / part
+        out.append(candidate if candidate.exists() else Path(part))
+    return out
+
+
+def provenance_of_rows(rows: list[dict], base: Path) -> list[dict]:
+    """One entry per run behind the rows (a row's `path` may list several run folders, `;`-separated)."""
+    out = []
+    for row in rows:
+        for folder in _folders(row.get("path", ""), base):
+            entry = run_provenance(folder)
+            if entry is not None:
+                out.append({"run": row.get("run"), **entry})
+    return out
+
+
+def write_sidecar(table_path: str | Path, rows: list[dict]) -> Path | None:
+    """Write `<table>.provenance.json` for a table written to `table_path`; nothing when no row's run
+    has a record."""
+    table_path = Path(table_path)
+    entries = provenance_of_rows(rows, Path(os.getcwd()))
+    if not entries:
+        return None
+    return write_json_atomic(sidecar_path(table_path), {"table": table_path.name, "runs": entries})
+
+
+def read_provenance(table_path: str | Path, rows: list[dict]) -> list[dict]:
+    """The provenance of a table's runs: its sidecar, else its rows' run folders; [] when neither is there."""
+    sidecar = sidecar_path(table_path)
+    if sidecar.is_file():
+        try:
+            data = json.loads(sidecar.read_text())
+            runs = data.get("runs") if isinstance(data, dict) else None
+            if isinstance(runs, list):
+                return [r for r in runs if isinstance(r, dict)]
+        except (OSError, ValueError):
+            pass
+    return provenance_of_rows(rows, Path(table_path).parent)
+
+
+def _values(entries: list[dict], get) -> list[str]:
+    seen = []
+    for entry in entries:
+        value = get(entry)
+        if value is not None and value not in seen:
+            seen.append(value)
+    return sorted(seen)
+
+
+def _shown(values: list[str]) -> str:
+    return "/".join(values)
+
+
+def compare_provenance(old: list[dict], new: list[dict]) -> list[str]:
+    """One line per way the two tables' runs differ: library versions, data, code. Only what both
+    tables record is compared; nothing is said about what one of them lacks."""
+    lines = []
+    libraries = []
+    for entry in old + new:
+        libraries += [k for k in (entry.get("versions") or {}) if k not in libraries]
+    changed = []
+    for lib in libraries:
+        a = _values(old, lambda e: (e.get("versions") or {}).get(lib))
+        b = _values(new, lambda e: (e.get("versions") or {}).get(lib))
+        if a and b and a != b:
+            changed.append(f"{lib} {_shown(a)} -> {_shown(b)}")
+    if changed:
+        lines.append(f"the tables come from different versions: {'; '.join(changed)}")
+    a = _values(old, lambda e: e.get("data_sha256"))
+    b = _values(new, lambda e: e.get("data_sha256"))
+    if a and b and a != b:
+        lines.append(f"the tables come from different data: sha256 {_shown([v[:12] for v in a])} -> "
+                     f"{_shown([v[:12] for v in b])}")
+    a = _values(old, lambda e: _commit(e.get("git")))
+    b = _values(new, lambda e: _commit(e.get("git")))
+    if a and b and a != b:
+        lines.append(f"the tables come from different code: git {_shown(a)} -> {_shown(b)}")
+    return lines
+
+
+def _commit(git) -> str | None:
+    if not isinstance(git, dict) or not git.get("commit"):
+        return None
+    return str(git["commit"])[:10] + ("+uncommitted" if git.get("dirty") else "")
