@@ -4,6 +4,10 @@ from pathlib import Path
 
 # Tests never download: dataset loaders that would fall back to Keras' download fail at once instead.
 os.environ["EXPKIT_OFFLINE"] = "1"
+# The Keras backend of this test run, fixed before anything imports Keras: EXPKIT_TEST_BACKEND=jax runs the
+# suite on JAX (`make test` runs the core files again that way), else $KERAS_BACKEND, else TensorFlow.
+TEST_BACKEND = os.environ.get("EXPKIT_TEST_BACKEND") or os.environ.get("KERAS_BACKEND") or "tensorflow"
+os.environ["KERAS_BACKEND"] = TEST_BACKEND
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -11,6 +15,10 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_report_header(config):
+    return f"expkit test backend: {TEST_BACKEND} (EXPKIT_TEST_BACKEND)"
 
 
 @pytest.fixture
