@@ -1,0 +1,297 @@
+"""Training one chunk of a vectorised group: the trials' states stacked, epochs driven on the host.
+
+Each trial is built exactly as `runner.run_experiment` builds it (Keras' seed set to the trial's, then
+`runner.prepare`), so its initial weights and dropout streams are its own; it visits its training set
+in `train.epoch_order` (what the one-at-a-time path does on JAX) and is driven by its own copy of the
+callbacks `train` uses: schedules, early stopping with its best weights, the Recorder that writes
+metrics.csv rows and stops a trial whose loss turns NaN. Keras callbacks see each trial through a
+`TrialView`, a stand-in model holding that trial's slice of the group's state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..train import TrainResult, _make_callbacks, epoch_order, eval_batch_size, make_optimizer
+from .program import Program, find_knobs
+
+
+@dataclass
+class Member:
+    """One trial of the chunk, with what the host keeps of it while the group trains."""
+
+    trial: object                  # execute's Trial
+    cfg: object                    # the config it trains with (backend jax)
+    pool: int                      # index of its dataset in the chunk's data pools
+    on_epoch: object = None        # writes metrics.csv and beats the claim after every epoch
+    result: TrainResult = field(default_factory=TrainResult)
+    schedule: object = None        # the trial's in-optimizer learning-rate schedule, if any
+    callbacks: list = field(default_factory=list)
+    view: object = None
+    active: bool = True            # still training (not stopped early, diverged or taken over)
+    lost: str | None = None        # why this process stopped writing the trial (its claim was taken over)
+
+
+class TrialView:
+    """What Keras callbacks see of one trial: its optimizer's learning rate, its weights, its metrics'
+    names and `stop_training`. Reads and writes go to the trial's slice of the group's state."""
+
+    def __init__(self, group: "GroupTrainer", index: int, model):
+        self.group, self.index = group, index
+        self.stop_training = False
+        self.metrics = model.metrics      # for EarlyStopping's mode: auto (metric names and directions)
+        self.optimizer = _TrialOptimizer(group, index)
+
+    def get_weights(self) -> list:
+        return self.group.weights(self.index)
+
+    def set_weights(self, weights: list) -> None:
+        self.group.set_weights(self.index, weights)
+
+
+class _TrialOptimizer:
+    def __init__(self, group: "GroupTrainer", index: int):
+        self.group, self.index = group, index
+
+    @property
+    def learning_rate(self):
+        return self.group.learning_rate(self.index)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.group.set_learning_rate(self.index, value)
+
+
+def build_member_model(cfg, dataset, steps_per_epoch: int):
+    """The trial's compiled model, built as the one-at-a-time path builds it (same seed, same order)."""
+    import keras
+
+    from ..backend import current
+    from ..runner import prepare
+
+    keras.backend.clear_session(free_memory=False)  # fresh layer names, as each one-at-a-time trial has
+    keras.utils.set_random_seed(cfg.seed)  # backend.seed_everything, less its TensorFlow import (see worker)
+    current().set_determinism(cfg.train.deterministic)
+    _, model = prepare(cfg, dataset=dataset)
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=cfg.train.loss,
+                  metrics=list(cfg.train.metrics), jit_compile=True)
+    # Keras' own fit builds the optimizer and the compiled metrics this way before its first step.
+    model._symbolic_build(data_batch=(dataset.x_train[:1], dataset.y_train[:1]))
+    return model
+
+
+def state_of(model) -> tuple:
+    """A model's training state as Keras' JAX train_step takes it."""
+    return ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.optimizer.variables], [v.value for v in model.metrics_variables])
+
+
+def stack(states: list) -> tuple:
+    return tuple([jnp.asarray(np.stack([np.asarray(s[part][i]) for s in states])) for i in range(len(states[0][part]))]
+                 for part in range(4))
+
+
+def footprint_bytes(model, batch_size: int, eval_batch: int) -> float:
+    """A trial's share of a group's memory: weights, gradients, optimizer slots, the best-weights copy
+    and metric totals, plus the activations of a training batch (kept for the backward pass) and of
+    an evaluation batch."""
+    state = sum(np.prod(v.shape) * 4 for part in state_of(model) for v in part)
+    weights = sum(np.prod(v.shape) * 4 for v in model.trainable_variables)
+    outputs = 0.0
+    for layer in model.layers:
+        try:
+            outputs += float(np.prod(layer.output.shape[1:])) * 4
+        except (AttributeError, TypeError, ValueError):
+            pass
+    inputs = float(np.prod(model.inputs[0].shape[1:])) * 4
+    return float(state + 3 * weights + (3 * outputs + inputs) * batch_size + (outputs + inputs) * eval_batch)
+
+
+def convolutions_on_cpu(model) -> bool:
+    """XLA's CPU backend runs a convolution inside a compiled loop some 30 times slower than alone
+    (docs/performance.md): such a model takes one compiled step per batch."""
+    return jax.default_backend() == "cpu" and any("Conv" in type(layer).__name__
+                                                  for layer in model._flatten_layers(include_self=False))
+
+
+def _pools(datasets: list, name: str):
+    """One array of the chunk's datasets on the device, the dataset first (one copy when there is one)."""
+    arrays = [getattr(d, name) for d in datasets]
+    return jnp.asarray(arrays[0][None] if len(arrays) == 1 else np.stack(arrays))
+
+
+def _split(n: int, batch: int) -> list[tuple[int, int, int]]:
+    """(start, batches, batch size) of the full batches and of the shorter last one, as Keras batches n."""
+    full, rest = divmod(n, batch)
+    return [part for part in ((0, full, batch), (full * batch, 1, rest)) if part[1] and part[2]]
+
+
+class GroupTrainer:
+    """Trains the members of one chunk together; fills each member's TrainResult as epochs finish."""
+
+    def __init__(self, members: list[Member], models: list, datasets: list):
+        cfg = members[0].cfg
+        self.members = members
+        self.template = models[0]
+        self.program = Program(self.template, find_knobs(models), scan=not convolutions_on_cpu(self.template))
+        self.state = stack([state_of(m) for m in models])
+        self.metrics0 = self.state[3]
+        opt = self.template.optimizer
+        self.iteration_index = next(i for i, v in enumerate(opt.variables) if v is opt.iterations)
+        self.rate_index = next((i for i, v in enumerate(opt.variables) if v.name == "learning_rate"), None)
+        for member, model in zip(members, models):
+            rate = getattr(model.optimizer, "_learning_rate", None)  # a schedule object when the rate decays per step
+            member.schedule = rate if callable(rate) and not hasattr(rate, "assign") else None
+        self.x_train, self.y_train = _pools(datasets, "x_train"), _pools(datasets, "y_train")
+        self.x_val, self.y_val = _pools(datasets, "x_val"), _pools(datasets, "y_val")
+        has_test = datasets[0].x_test is not None and len(datasets[0].x_test) > 0
+        self.x_test = _pools(datasets, "x_test") if has_test else None
+        self.y_test = _pools(datasets, "y_test") if has_test else None
+        self.pool_index = jnp.asarray([m.pool for m in members], dtype=jnp.int32)
+        self.n_train = len(datasets[0].x_train)
+        self.batch = cfg.train.batch_size
+        self.eval_batch = eval_batch_size(cfg)
+        probe = jnp.zeros((len(members), 1), jnp.int32)
+        x0, y0 = self.x_train[self.pool_index[:, None], probe], self.y_train[self.pool_index[:, None], probe]
+        self.train_logs0, self.test_logs0 = self.program.zero_logs(self.state, x0, y0)
+        started = time.perf_counter()
+        self._compile()
+        self.compile_seconds = time.perf_counter() - started
+        for i, member in enumerate(members):
+            member.view = TrialView(self, i, self.template)
+            member.callbacks = _make_callbacks(member.cfg, member.result,
+                                               lambda history, m=member: m.on_epoch and m.on_epoch(history))
+            member.result.steps_per_execution = max(1, self.n_train // self.batch)
+            member.result.eval_batch_size = self.eval_batch
+            member.result.jit_compile = True
+
+    # --- one trial's slice of the state, for its callbacks --------------------------------------------
+
+    def weights(self, i: int) -> list:
+        return [np.asarray(a[i]) for a in (*self.state[0], *self.state[1])]
+
+    def set_weights(self, i: int, weights: list) -> None:
+        arrays = [a.at[i].set(w) for a, w in zip((*self.state[0], *self.state[1]), weights)]
+        n = len(self.state[0])
+        self.state = (arrays[:n], arrays[n:], self.state[2], self.state[3])
+
+    def learning_rate(self, i: int) -> float:
+        schedule = self.members[i].schedule
+        if schedule is not None:
+            return float(schedule(int(self.state[2][self.iteration_index][i])))
+        return float(self.state[2][self.rate_index][i])
+
+    def set_learning_rate(self, i: int, value) -> None:
+        if self.rate_index is None:
+            raise TypeError("this optimizer's learning rate is a schedule; it cannot be set")
+        opt = list(self.state[2])
+        opt[self.rate_index] = opt[self.rate_index].at[i].set(float(value))
+        self.state = (self.state[0], self.state[1], opt, self.state[3])
+
+    def model_of(self, i: int):
+        """The template model holding trial i's weights and optimizer state (to save it)."""
+        model = self.template
+        for variables, arrays in ((model.trainable_variables, self.state[0]),
+                                  (model.non_trainable_variables, self.state[1]),
+                                  (model.optimizer.variables, self.state[2])):
+            for v, a in zip(variables, arrays):
+                v.assign(a[i])
+        return model
+
+    # --- the epochs -----------------------------------------------------------------------------------
+
+    def _train_batches(self, epoch: int) -> list:
+        """The epoch's batches as (steps, trials, batch) index arrays: the full batches, then the
+        shorter last one (two programs: a scan's steps share one shape)."""
+        orders = np.stack([epoch_order(m.cfg.seed, epoch, self.n_train) if m.cfg.train.shuffle
+                           else np.arange(self.n_train) for m in self.members]).astype(np.int32)
+        return [orders[:, start:start + count * size].reshape(len(self.members), count, size).transpose(1, 0, 2)
+                for start, count, size in _split(self.n_train, self.batch)]
+
+    def _eval_batches(self, n: int) -> list:
+        order = np.arange(n, dtype=np.int32)
+        return [order[start:start + count * size].reshape(count, size) for start, count, size in _split(n, self.eval_batch)]
+
+    def _eval_state(self) -> tuple:
+        return self.state[0], self.state[1], [jnp.array(a) for a in self.metrics0]
+
+    def _compile(self) -> None:
+        """Every program the epochs and the test will run, compiled before the first epoch."""
+        def spec(tree):
+            return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+        flags = jnp.zeros(len(self.members), bool)
+        common = (self.pool_index,)
+        jobs = [("train", spec(self.program.train_args(self.state, self.train_logs0, flags, flags, self.x_train,
+                                                        self.y_train, *common, b)), i == 0)
+                for i, b in enumerate(self._train_batches(0))]
+        for x, y in ((self.x_val, self.y_val), (self.x_test, self.y_test)):
+            if x is not None and x.shape[1]:
+                jobs += [("eval", spec((self._eval_state(), self.test_logs0, x, y, *common, b)), False)
+                         for b in self._eval_batches(x.shape[1])]
+        self.program.compile(jobs)
+
+    def _evaluate(self, x, y) -> dict:
+        state, logs = self._eval_state(), self.test_logs0
+        for batches in self._eval_batches(x.shape[1]):
+            state, logs = self.program.evaluate(state, logs, x, y, self.pool_index, jnp.asarray(batches))
+        return jax.device_get(logs)
+
+    def fit(self) -> None:
+        """Every epoch for every member until each has finished, stopped early or diverged."""
+        epochs = self.members[0].cfg.train.epochs
+        started = time.perf_counter()
+        for m in self.members:
+            m.result.started = started
+            for cb in m.callbacks:
+                cb.set_model(m.view)
+                cb.on_train_begin()
+        diverged = jnp.zeros(len(self.members), bool)
+        for epoch in range(epochs):
+            live = [m for m in self.members if m.active]
+            if not live:
+                break
+            for m in live:
+                for cb in m.callbacks:
+                    cb.on_epoch_begin(epoch)
+            active = jnp.asarray([m.active for m in self.members])
+            state = (*self.state[:3], [jnp.array(a) for a in self.metrics0])
+            logs = jax.tree_util.tree_map(jnp.array, self.train_logs0)  # fresh: the compiled steps consume theirs
+            for batches in self._train_batches(epoch):
+                state, logs, diverged = self.program.train(state, logs, diverged, active, self.x_train, self.y_train,
+                                                           self.pool_index, jnp.asarray(batches))
+            self.state = state
+            logs = jax.device_get(logs)
+            val = self._evaluate(self.x_val, self.y_val) if self.x_val.shape[1] else {}
+            for i, m in enumerate(self.members):
+                if not m.active:
+                    continue
+                row = {k: float(v[i]) for k, v in logs.items()}
+                row.update({f"val_{k}": float(v[i]) for k, v in val.items()})
+                for cb in m.callbacks:
+                    cb.on_epoch_end(epoch, row)
+                m.active = not m.view.stop_training
+        for m in self.members:
+            for cb in m.callbacks:
+                cb.on_train_end()
+            m.result.fit_seconds = time.perf_counter() - started
+            es = m.cfg.train.early_stopping
+            if es is not None and not m.result.diverged:
+                m.result.stopped_early = len(m.result.history) < epochs
+
+    def test(self) -> None:
+        """Each member's test scores with its final (or restored best) weights, as `train` takes them."""
+        if self.x_test is None:
+            return
+        scores = self._evaluate(self.x_test, self.y_test)
+        for i, m in enumerate(self.members):
+            if m.result.diverged:
+                m.result.test = {"loss": math.nan, **{k: math.nan for k in m.cfg.train.metrics}}
+            else:
+                m.result.test = {k: float(v[i]) for k, v in scores.items()}

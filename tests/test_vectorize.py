@@ -1,0 +1,317 @@
+"""Vectorised sweeps: grouping (pure), the knobs, and whole groups against the same trials one at a time."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from expkit.config import validate
+from expkit.errors import ConfigError
+from expkit.execute import run_sweep
+from expkit.runfolder import read_metrics, read_record
+from expkit.trials import dry_run, expand_sweep
+from expkit.vectorize import grouping, launch
+from expkit.vectorize.grouping import ModelShape
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+needs_jax = pytest.mark.skipif(not launch.jax_installed(), reason="jax is not installed (pip install 'expkit[jax]')")
+
+
+def sweep_cfg(tiny_config, sweep, **train):
+    base = {**tiny_config, "name": "vec", "train": {**tiny_config["train"], "epochs": 2, **train}}
+    return validate({**base, "sweep": sweep})
+
+
+def shapes_of(trials, layers=(("Dense", (None, 3), ((64, 3), (3,))),)):
+    return {t.id: ModelShape(tuple(layers), 1000.0) for t in trials}
+
+
+# --- grouping: pure -----------------------------------------------------------------------------------
+
+
+def test_numbers_that_change_no_program_group_and_zero_is_a_program_of_its_own(tiny_config):
+    cfg = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.01], "model.layers.1.dense.l2": [0.0, 0.001, 0.01]},
+                                  "seeds": [1, 2]})
+    trials = expand_sweep(cfg)
+    plan = grouping.plan_groups(cfg, trials, shapes_of(trials))
+    assert [len(g.trials) for g in plan.groups] == [4, 8]  # l2 = 0 (no regulariser term) apart from l2 > 0
+    assert plan.alone == []
+    assert set(plan.groups[1].keys) == {"sweep.grid.train.learning_rate", "sweep.grid.model.layers.1.dense.l2", "sweep.seeds"}
+    assert any(n.startswith("sweep.grid.model.layers.1.dense.l2: 0.0 and 0.001") for n in plan.notes)
+
+
+def test_what_changes_the_program_keeps_trials_apart_and_true_names_the_key(tiny_config):
+    cfg = sweep_cfg(tiny_config, {"grid": {"train.optimizer": ["sgd", "adam"]}, "vectorize": True})
+    trials = expand_sweep(cfg)
+    plan = grouping.plan_groups(cfg, trials, shapes_of(trials))
+    assert plan.groups == [] and len(plan.alone) == 2
+    with pytest.raises(ConfigError) as info:
+        grouping.require_one_group(cfg, trials, shapes_of(trials))
+    assert info.value.path == "sweep.grid.train.optimizer" and '"sgd" and "adam"' in info.value.message
+
+    units = sweep_cfg(tiny_config, {"grid": {"model.layers.1.dense.units": [8, 16]}, "vectorize": True})
+    trials = expand_sweep(units)
+    shapes = {trials[0].id: ModelShape((("Dense", (None, 8), ((64, 8), (8,))),), 1.0),
+              trials[1].id: ModelShape((("Dense", (None, 16), ((64, 16), (16,))),), 1.0)}
+    with pytest.raises(ConfigError) as info:
+        grouping.require_one_group(units, trials, shapes)
+    assert info.value.path == "sweep.grid.model.layers.1.dense.units"
+    assert "(64, 8)" in info.value.message and "(64, 16)" in info.value.message
+
+    batch = sweep_cfg(tiny_config, {"grid": {"train.batch_size": [8, 16]}})
+    assert grouping.plan_groups(batch, expand_sweep(batch), shapes_of(expand_sweep(batch))).groups == []
+    mixed = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.01]}}, precision="mixed_bfloat16")
+    with pytest.raises(ConfigError) as info:
+        grouping.check_vectorisable(mixed, expand_sweep(mixed))
+    assert info.value.path == "train.precision"
+
+
+def test_chunks_are_equal_and_fit_the_budget():
+    trials = list(range(10))
+    assert [len(c) for c in grouping.chunk(trials, 100, 0, 10_000)] == [10]
+    assert [len(c) for c in grouping.chunk(trials, 100, 0, 10_000, max_size=4)] == [4, 3, 3]
+    assert [len(c) for c in grouping.chunk(trials, 100, 600, 1_000)] == [4, 3, 3]  # room for 4 beside the data
+    assert [len(c) for c in grouping.chunk(trials, 100, 5_000, 1_000)] == [1] * 10  # always at least one
+    assert sum(grouping.chunk(trials, 100, 0, 350), []) == trials
+
+
+def test_auto_vectorises_only_what_outlasts_starting_jax(tiny_config):
+    cfg = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.01, 0.001]}})
+    trials = expand_sweep(cfg)
+    group = grouping.Group(trials, ["sweep.grid.train.learning_rate"])
+    small = {t.id: ModelShape((), 1e3) for t in trials}
+    assert not grouping.worth_vectorizing(group, small, n_train=120)       # the test's tiny data
+    assert grouping.worth_vectorizing(group, small, n_train=54_000 * 20)   # full Fashion-MNIST, long
+    big = {t.id: ModelShape((), 2.7e7) for t in trials}                   # CNN2's forward cost
+    assert grouping.worth_vectorizing(group, big, n_train=5_000)
+
+
+# --- the knobs: per-trial numbers inside one traced program -------------------------------------------
+
+
+def test_a_knob_computes_per_trial_and_refuses_branches_the_trials_disagree_on():
+    import jax
+    import jax.numpy as jnp
+
+    from expkit.vectorize.program import Knob, NotVectorizable
+
+    def step(x, rate):
+        r = Knob(rate, [0.1, 0.3], "dropout.rate")
+        assert r > 0 and not (r == 1.0)   # every trial agrees: Python branches as Keras writes them
+        return x / (1.0 - r) * jnp.asarray(r, dtype="float32")
+
+    out = jax.vmap(step)(jnp.ones((2, 3)), jnp.asarray([0.1, 0.3]))
+    assert np.allclose(out[:, 0], [0.1 / 0.9, 0.3 / 0.7])
+    with pytest.raises(NotVectorizable, match="take different branches"):
+        bool(Knob(0.0, [0.0, 0.2], "l2") != 0.0)
+    with pytest.raises(NotVectorizable, match="one Python number"):
+        float(Knob(0.0, [0.1, 0.2], "momentum"))
+
+
+# --- whole groups -------------------------------------------------------------------------------------
+
+SEQUENTIAL = """
+import json, sys
+import keras
+from expkit.config import validate
+from expkit.runner import run_experiment
+from expkit.runfolder import read_metrics, read_record
+out = []
+for spec in json.load(open(sys.argv[1])):
+    folder = run_experiment(validate({**spec["config"], "backend": "jax"}), runs_dir=sys.argv[2], trial=spec["trial"])
+    record = read_record(folder.path)
+    out.append({"id": spec["trial"]["id"], "metrics": read_metrics(folder.path), "status": record.status,
+                "test": record.test, "files": sorted(p.name for p in folder.path.iterdir())})
+    keras.backend.clear_session()
+json.dump(out, open(sys.argv[3], "w"))
+"""
+
+
+def one_at_a_time_on_jax(trials, tmp_path) -> dict:
+    """The trials through runner.run_experiment, one at a time, in a process whose Keras runs on JAX."""
+    specs = tmp_path / "specs.json"
+    specs.write_text(json.dumps([{"config": t.config.to_dict(), "trial": {"id": t.id, "values": t.values, "seed": t.seed}}
+                                 for t in trials]))
+    script, out = tmp_path / "sequential.py", tmp_path / "sequential.json"
+    script.write_text(SEQUENTIAL)
+    done = subprocess.run([sys.executable, str(script), str(specs), str(tmp_path / "seq"), str(out)],
+                          env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {r["id"]: r for r in json.loads(out.read_text())}
+
+
+@needs_jax
+def test_groups_equal_their_trials_one_at_a_time_on_jax(tiny_config, tmp_path, monkeypatch):
+    """Rates, momenta, dropout rates, L2 factors, schedules and seeds: two programs (an exponential
+    schedule inside the optimizer; a plateau schedule driven between epochs) whose every epoch's loss,
+    accuracy, val_loss and val_accuracy and test scores equal the same trials trained alone on JAX (their
+    own data order, initial weights and dropout draws); early stopping restores each trial's own best
+    weights, and a trial whose loss turns NaN is `diverged` while the others go on."""
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)  # auto: vectorise even this tiny sweep
+    tiny = {**tiny_config, "data": {**tiny_config["data"], "options": {**tiny_config["data"]["options"], "n_train": 130}},
+            "model": {"layers": [{"flatten": {}}, {"dense": {"units": 16, "activation": "relu", "l2": 0.01}},
+                                 {"dropout": 0.2}, {"dense": {"units": 3, "activation": "softmax"}}]}}
+    exponential = [{"type": "exponential", "decay_rate": 0.9}, {"type": "exponential", "decay_rate": 0.5, "decay_epochs": 0.5}]
+    plateau = [{"type": "plateau", "factor": 0.5, "patience": 0}] * 2
+    cfg = sweep_cfg(tiny, {"zip": {"train.learning_rate": [0.05, 0.3, 1.0e12, 0.1],
+                                   "train.optimizer.momentum": [0.5, 0.9, 0.5, 0.7],
+                                   "model.layers.2.dropout": [0.1, 0.3, 0.2, 0.25],
+                                   "model.layers.1.dense.l2": [0.01, 0.001, 0.01, 0.02],
+                                   "train.schedule": exponential + plateau},
+                           "seeds": [3, 4]},
+                    optimizer={"name": "sgd", "momentum": 0.5}, validation_batch_size=4,  # 13 examples: 3 batches and 1
+                    early_stopping={"monitor": "val_loss", "patience": 0, "restore_best_weights": True})
+    log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 6, "diverged": 2})
+    assert log.count("4 trials as one JAX program") == 2
+
+
+@needs_jax
+def test_a_convolutional_group_takes_a_step_per_call_and_equals_its_trials(tiny_config, tmp_path, monkeypatch):
+    """On a CPU a model that convolves runs one compiled step per batch (XLA's convolutions crawl
+    inside a compiled loop); the numbers are the same as one trial at a time."""
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
+    tiny = {**tiny_config, "model": {"layers": [{"conv2d": {"filters": 4, "kernel_size": 3, "activation": "relu"}},
+                                                {"dropout": 0.2}, {"flatten": {}}, {"dense": {"units": 3, "activation": "softmax"}}]}}
+    cfg = sweep_cfg(tiny, {"grid": {"model.layers.1.dropout": [0.1, 0.4]}, "seeds": [3, 4], "vectorize": True})
+    log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 4})
+    assert "4 trials as one JAX program" in log
+
+
+def equal_to_one_at_a_time(cfg, tmp_path, counts: dict) -> str:
+    """Run the sweep (vectorised) and the same trials alone on JAX; assert equal per-epoch metrics,
+    test scores, statuses and files; returns the sweep's log."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        sweep_dir, got = run_sweep(cfg, runs_dir=tmp_path / "vec", log=fh)
+    trials = expand_sweep(cfg)
+    assert got == counts, log.read_text()
+    alone = one_at_a_time_on_jax(trials, tmp_path)
+    worst = 0.0
+    for t in trials:
+        folder = sweep_dir / t.id
+        record, rows, ref = read_record(folder), read_metrics(folder), alone[t.id]
+        assert record.status == ref["status"] and record.backend == "jax" and "vectorized" in record.extra
+        assert sorted(p.name for p in folder.iterdir()) == ref["files"]  # the same files as a trial alone
+        if record.status == "diverged":
+            assert np.isnan(record.test["loss"])
+            continue
+        assert len(rows) == len(ref["metrics"]) >= 1
+        for mine, theirs in zip(rows, ref["metrics"]):
+            for key in (*METRICS, "learning_rate"):
+                worst = max(worst, abs(mine[key] - theirs[key]))
+        for key in ("loss", "accuracy"):
+            worst = max(worst, abs(record.test[key] - ref["test"][key]))
+    print(f"largest difference from one at a time: {worst:.3g}")
+    assert worst < 1e-4, worst
+    assert list((sweep_dir / ".claims").iterdir()) == []
+    assert yaml.safe_load((sweep_dir / trials[0].id / "config.yaml").read_text())["backend"] == "jax"
+    return log.read_text()
+
+
+@needs_jax
+def test_a_group_keras_cannot_trace_per_trial_runs_one_at_a_time(tiny_config, tmp_path, monkeypatch):
+    """Dropout 1.0 is another branch in Keras (all zeros) than 0.5: found while tracing, before any
+    folder is written, and the sweep's own loop trains both trials."""
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
+    tiny = {**tiny_config, "model": {"layers": [{"flatten": {}}, {"dense": {"units": 8}}, {"dropout": 0.5},
+                                                {"dense": {"units": 3, "activation": "softmax"}}]}}
+    cfg = sweep_cfg(tiny, {"grid": {"model.layers.2.dropout": [0.5, 1.0]}}, epochs=1)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path, log=fh)
+    assert counts == {"done": 2}
+    assert "cannot train as one program: dropout.rate: Keras branches on it" in log.read_text(), log.read_text()
+    assert {read_record(sweep_dir / t.id).backend for t in expand_sweep(cfg)} == {os.environ["KERAS_BACKEND"]}
+
+
+@needs_jax
+def test_resume_trains_the_unfinished_trials_as_a_new_group_in_chunks(tiny_config, tmp_path):
+    first = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.05, 0.02]}, "vectorize": True})
+    sweep_dir, counts = run_sweep(first, runs_dir=tmp_path, log=open(os.devnull, "w"))
+    assert counts == {"done": 2}
+    kept = {t.id: (sweep_dir / t.id / "results.json").stat().st_mtime_ns for t in expand_sweep(first)}
+
+    more = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.05, 0.02, 0.01, 0.005, 0.002]},
+                                   "vectorize": True, "vectorize_max": 2})
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        sweep_dir, counts = run_sweep(more, runs_dir=tmp_path, log=fh)
+    text = log.read_text()
+    assert counts == {"done": 5}
+    assert "group 1/1: 3 trials" in text and "3 trials in 2 programs of at most 2 (sweep.vectorize_max is 2)" in text
+    for trial_id, mtime in kept.items():  # finished trials untouched
+        assert (sweep_dir / trial_id / "results.json").stat().st_mtime_ns == mtime
+    sizes = sorted(read_record(sweep_dir / t.id).extra["vectorized"]["trials"] for t in expand_sweep(more) if t.id not in kept)
+    assert sizes == [1, 2, 2]
+
+
+def test_vectorize_true_names_the_key_before_anything_is_written(tiny_config, tmp_path, monkeypatch):
+    cfg = sweep_cfg(tiny_config, {"grid": {"model.layers.1.dense.units": [8, 16]}, "vectorize": True})
+    with pytest.raises(ConfigError) as info:
+        run_sweep(cfg, runs_dir=tmp_path, log=open(os.devnull, "w"))
+    assert info.value.path == "sweep.grid.model.layers.1.dense.units"
+    assert not (tmp_path / "vec").exists()
+
+    monkeypatch.setattr(launch, "jax_installed", lambda: False)
+    cfg = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.01]}, "vectorize": True})
+    with pytest.raises(ConfigError) as info:
+        run_sweep(cfg, runs_dir=tmp_path, log=open(os.devnull, "w"))
+    assert info.value.path == "sweep.vectorize" and "jax is not installed" in info.value.message
+
+
+def test_auto_without_jax_or_gain_runs_one_at_a_time_and_says_so(tiny_config, tmp_path, monkeypatch):
+    cfg = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.01]}}, epochs=1)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        _, counts = run_sweep(cfg, runs_dir=tmp_path / "a", log=fh)
+    assert counts == {"done": 2}
+    if launch.jax_installed():
+        assert "too little to gain from a JAX program; they run one at a time" in log.read_text()
+    monkeypatch.setattr(launch, "jax_installed", lambda: False)
+    with open(log, "w") as fh:
+        _, counts = run_sweep(cfg, runs_dir=tmp_path / "b", log=fh)
+    assert counts == {"done": 2}
+    lines = [line for line in log.read_text().splitlines() if line.startswith("vectorize:")]
+    assert lines == ["vectorize: jax is not installed here (pip install 'expkit[jax]'), so the trials run one at a time"]
+
+
+def test_dry_run_shows_the_groups(tiny_config, capsys):
+    cfg = sweep_cfg(tiny_config, {"grid": {"model.layers.1.dense.units": [8, 16]}, "seeds": [1, 2]})
+    rows = dry_run(cfg)
+    out = capsys.readouterr().out
+    assert [r["group"] for r in rows] == ["1", "1", "2", "2"]
+    assert "group 1: 2 trials (sweep.seeds) can train as one JAX program" in out and "group 2: 2 trials" in out
+    assert "apart: sweep.grid.model.layers.1.dense.units: changes the model's shapes" in out
+
+
+@needs_jax
+def test_sigterm_records_the_groups_finished_epochs_and_exits_143(tiny_config, tmp_path):
+    cfg = {**tiny_config, "name": "vterm", "data": {**tiny_config["data"], "options": {**tiny_config["data"]["options"],
+                                                                                    "n_train": 4000}},
+           "train": {**tiny_config["train"], "epochs": 500, "batch_size": 8},
+           "sweep": {"grid": {"train.learning_rate": [0.01, 0.001]}, "vectorize": True}}
+    path = tmp_path / "vterm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "expkit.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs")],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "runs" / "vterm"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(len(read_metrics(f)) >= 2 for f in sweep_dir.glob("*/") if f.name[0] != "."):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    for folder in (f for f in sweep_dir.iterdir() if not f.name.startswith(".") and f.is_dir()):
+        record = read_record(folder)
+        assert record.status == "interrupted" and record.epochs_run >= 1
+        assert len(read_metrics(folder)) == record.epochs_run
+    assert list((sweep_dir / ".claims").iterdir()) == []
