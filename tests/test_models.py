@@ -190,3 +190,11 @@ def test_a_stray_label_in_a_local_file_is_blamed_on_the_data():
             "fix the file") in info.value.message
     # with named classes (or a built-in dataset) the label range is already checked by the data
     assert "holds label" not in str(pytest.raises(ConfigError, build_model, cfg([{"dense": {"units": 10}}]), (4,), 11).value)
+
+
+def test_any_valid_run_name_builds_a_model():
+    """A name is a folder name, not a Python identifier: '<', '&' or spaces must not reach Keras."""
+    cfg = validate({"name": "lr<0.1 & more", "model": {"layers": [{"dense": {"units": 3, "activation": "softmax"}}]},
+                    "train": {"loss": "sparse_categorical_crossentropy"}})
+    model = build_model(cfg, (4,), 3)
+    assert model.name == "lr_0_1___more" and model.output_shape == (None, 3)

@@ -490,3 +490,13 @@ def test_reporting_never_imports_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO / "src")}).stdout
     assert out.split() == ["True", "False"]
+
+
+def test_recording_keys_are_the_same_in_config_and_tables():
+    """Tables skip the keys that say how a run was recorded; they must be exactly config's list."""
+    from expkit.config import RECORDING_KEYS
+    from expkit.report.columns import NOT_COMPARED_KEYS, is_compared
+
+    assert {".".join(k) for k in RECORDING_KEYS} <= set(NOT_COMPARED_KEYS)
+    assert not is_compared("train.save_model") and not is_compared("track")
+    assert is_compared("train.learning_rate") and not is_compared("seed")

@@ -48,6 +48,18 @@ def test_eval_batch_size(batch, setting, expected):
     assert eval_batch_size(cfg) == expected
 
 
+@pytest.mark.parametrize("sizes, expected", [
+    ((6000, 10000), 400),   # Fashion-MNIST's validation and test sets: one batch shape for both
+    ((6000, 0), 300),       # no test set
+    ((400, 1000), 256),     # no common divisor from 256 to 1024: the plain default
+    ((100, 40), 256),       # sets smaller than one batch
+    ((7919,), 256),         # a prime
+])
+def test_auto_eval_batch_size_divides_the_evaluated_sets(sizes, expected):
+    assert eval_batch_size(small_cnn_config(batch_size=32), sizes) == expected
+    assert eval_batch_size(small_cnn_config(batch_size=32, validation_batch_size=100), sizes) == 100
+
+
 def fit(cfg):
     import keras
 

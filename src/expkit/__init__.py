@@ -11,7 +11,7 @@ The entry points are loaded on first use, so `import expkit` imports no Keras ba
 
 __version__ = "0.1.0"
 
-_API = ("load_config", "run", "sweep", "table", "Run", "Sweep", "ConfigError")
+_API = ("load_config", "run", "resume", "sweep", "table", "Run", "Sweep", "ConfigError")
 __all__ = [*_API, "__version__"]
 
 

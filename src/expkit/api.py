@@ -18,9 +18,11 @@ from typing import Any, Iterable, Mapping
 
 from .config import ExperimentConfig, apply_overrides, load_config as _load_file, validate
 from .errors import ConfigError
+from .repro import config_source
 from .runfolder import RunRecord, read_metrics, read_record
+from .tracking import check_trackers
 
-__all__ = ["load_config", "run", "sweep", "table", "Run", "Sweep", "ConfigError"]
+__all__ = ["load_config", "run", "resume", "sweep", "table", "Run", "Sweep", "ConfigError"]
 
 Overrides = Mapping[str, Any] | Iterable[str] | None
 
@@ -139,35 +141,78 @@ def run(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = "r
 
     A user mistake raises ConfigError before anything is written; a run that fails in training
     records `failed` in its folder and re-raises."""
-    from .backend import import_quietly
+    from .backend import activate
     from .runner import ensure_writable, run_experiment
 
     cfg = load_config(config, overrides)
     if cfg.sweep is not None:
         raise ConfigError("this config has a sweep block: use expkit.sweep()", path="sweep")
     ensure_writable(runs_dir)
-    import_quietly()
+    check_trackers(cfg.track)
+    activate(cfg.backend, device=device, deterministic=cfg.train.deterministic)  # before Keras is imported
     kept: list = []
-    folder = run_experiment(cfg, runs_dir=runs_dir, device=device, keep_model=kept)
+    with config_source(_config_file(config)):
+        folder = run_experiment(cfg, runs_dir=runs_dir, device=device, keep_model=kept)
     return Run(folder.path, read_record(folder.path), kept[0] if kept else None)
 
 
+def resume(run_dir: str | os.PathLike, *, device: str = "auto", track: list[str] | None = None) -> Run:
+    """Continue an interrupted run in its own folder, from its last finished epoch (its checkpoint),
+    and return the Run. `track` replaces the trackers its config names. A sweep's trials resume when
+    the sweep runs again."""
+    from .backend import activate
+    from .runfolder import FINISHED, RUNNING, RunFolder, is_run_folder, read_status
+    from .runner import run_experiment
+
+    path = Path(run_dir)
+    if (path / "manifest.json").is_file() or (path.parent / "manifest.json").is_file():
+        raise ConfigError("a sweep (or one of its trials): run the sweep's config again, `expkit run SWEEP.yaml`; "
+                          "its interrupted trials continue from their checkpoints", file=path)
+    if not is_run_folder(path) or not (path / "config.yaml").is_file():
+        raise ConfigError("not a run folder (expected config.yaml and status.json or results.json)", file=path)
+    status = read_status(path)
+    if status in FINISHED:
+        raise ConfigError(f"this run is {status}; there is nothing to resume", file=path)
+    if status == RUNNING:
+        raise ConfigError("this run is still running in another process", file=path)
+    cfg = _load_file(path / "config.yaml", [("track", track)] if track is not None else [])
+    check_trackers(cfg.track)
+    activate(cfg.backend, device=device, deterministic=cfg.train.deterministic)
+    kept: list = []
+    with config_source(path / "config.yaml"):
+        run_experiment(cfg, device=device, folder=RunFolder(path), resume=True, keep_model=kept)
+    return Run(path, read_record(path), kept[0] if kept else None)
+
+
 def sweep(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = "runs", device: str = "auto",
-          fail_fast: bool = False, log=None) -> Sweep:
+          fail_fast: bool = False, log=None, jobs: int | None = None, executor: str | None = None,
+          address: str | None = None) -> Sweep:
     """Run every unfinished trial of a sweep (resumable; safe beside other processes on the same
-    sweep) and return the Sweep."""
+    sweep) and return the Sweep. `jobs`, `executor` ("local" or "ray") and `address` (a Ray
+    cluster) override sweep.jobs, sweep.executor and sweep.address (docs/distributed.md)."""
     import io
 
-    from .backend import import_quietly
     from .execute import run_sweep
 
     cfg = load_config(config, overrides)
     if cfg.sweep is None:
         raise ConfigError("this config has no sweep block: use expkit.run()", path="sweep")
-    import_quietly()
-    sweep_dir, counts = run_sweep(cfg, runs_dir=runs_dir, device=device, fail_fast=fail_fast,
-                                  log=log if log is not None else io.StringIO())
+    check_trackers(cfg.track)
+    # run_sweep activates the backend where the trials train: here for one job, else in each worker.
+    with config_source(_config_file(config)):
+        sweep_dir, counts = run_sweep(cfg, runs_dir=runs_dir, device=device, fail_fast=fail_fast,
+                                      log=log if log is not None else io.StringIO(), jobs=jobs, executor=executor,
+                                      address=address)
+    if cfg.track:
+        from .tracking import finish_sweep
+
+        finish_sweep(cfg.track, sweep_dir)
     return Sweep(Path(sweep_dir), counts)
+
+
+def _config_file(config) -> Path | None:
+    """The config's file, when it was given as one (its git state goes into each run's record)."""
+    return Path(config) if isinstance(config, (str, os.PathLike)) else None
 
 
 def table(paths, *, only_changed: bool = False, baseline: str | None = None):

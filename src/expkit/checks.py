@@ -12,13 +12,15 @@ from .errors import ConfigError
 
 def check_experiment(cfg: ExperimentConfig, model, dataset=None, num_classes: int | None = None,
                      has_gpu: bool | None = None) -> None:
-    """Optimizer, loss, metrics, precision, input shape and labels against the loss and the model."""
+    """Backend settings, optimizer, loss, metrics, precision, input shape and labels against the loss and the model."""
     import numpy as np
 
+    from .backend import current
     from .data.dataset import label_encoding
     from .models import check_metrics, check_targets
     from .train import check_loss, make_optimizer
 
+    current().check_config(cfg)  # settings this backend has no equivalent for (train.inter_op_threads on JAX...)
     make_optimizer(cfg, steps_per_epoch=1)
     check_loss(cfg.train.loss)
     check_metrics(cfg.train.metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,16 +14,51 @@ from .errors import ConfigError, RunWriteError
 def _load(args):
     from .config import load_config
 
-    return load_config(args.config, args.set or [])
+    backend = getattr(args, "backend", None)  # --backend: an override, validated like --set backend=...
+    track = _tracks(getattr(args, "track", None))  # --track: an override of `track`, validated like it
+    return load_config(args.config, [*(args.set or []), *([f"backend={backend}"] if backend else []),
+                                     *([("track", track)] if track is not None else [])])
+
+
+def _tracks(values: list[str] | None) -> list[str] | None:
+    """--track tensorboard,mlflow (repeatable) -> the names; `none` turns the config's trackers off."""
+    if values is None:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def cmd_resume(args) -> int:
+    from . import api
+
+    if args.config or args.set or getattr(args, "backend", None):
+        raise ConfigError("--resume continues a run with the config in its folder: give no config file, "
+                          "--set or --backend")
+    run = api.resume(args.resume, device=args.device, track=_tracks(args.track))
+    _print_run(run)
+    return 0
+
+
+def _print_run(run) -> None:
+    record = run.record
+    test = record.test or {}
+    print(f"{record.name}: {record.status}; best val_accuracy {record.best['val_accuracy']:.4f}, "
+          f"test accuracy {test.get('accuracy', float('nan')):.4f}, {record.fit_seconds:.1f} s", file=sys.stderr)
+    print(run.path)
 
 
 def cmd_run(args) -> int:
     from . import api
-    from .backend import import_quietly
+    from .backend import activate
+    from .repro import config_source
 
+    if args.resume:
+        return cmd_resume(args)
+    if args.config is None:
+        raise ConfigError("expkit run needs a config file (or --resume RUN_DIR to continue an interrupted run)")
     cfg = _load(args)
     if args.dry_run:
-        import_quietly()
+        activate(cfg.backend, device=args.device)
         if cfg.sweep is None:
             return cmd_summary(args, cfg)
         from .trials import dry_run
@@ -30,26 +66,25 @@ def cmd_run(args) -> int:
         dry_run(cfg)
         return 0
     if cfg.sweep is not None:
-        result = api.sweep(cfg, runs_dir=args.runs_dir, device=args.device, fail_fast=args.fail_fast, log=sys.stderr)
+        with config_source(args.config):
+            result = api.sweep(cfg, runs_dir=args.runs_dir, device=args.device, fail_fast=args.fail_fast,
+                               log=sys.stderr, jobs=args.jobs, executor=args.executor, address=args.address)
         summary = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
         print(f"sweep {cfg.name}: {summary}; table in {result.path / 'results.md'}", file=sys.stderr)
         print(result.path)
         unfinished = set(result.counts) - {"done", "diverged"}
         return 1 if unfinished else 0
-    run = api.run(cfg, runs_dir=args.runs_dir, device=args.device)
-    record = run.record
-    test = record.test or {}
-    print(f"{cfg.name}: {record.status}; best val_accuracy {record.best['val_accuracy']:.4f}, "
-          f"test accuracy {test.get('accuracy', float('nan')):.4f}, {record.fit_seconds:.1f} s", file=sys.stderr)
-    print(run.path)
+    with config_source(args.config):
+        run = api.run(cfg, runs_dir=args.runs_dir, device=args.device)
+    _print_run(run)
     return 0
 
 
 def cmd_summary(args, cfg=None) -> int:
-    from .backend import import_quietly
+    from .backend import activate
 
     cfg = cfg or _load(args)
-    import_quietly()
+    activate(cfg.backend)  # KERAS_BACKEND is set before anything imports Keras
     from .models import summary_text
     from .runner import prepare
 
@@ -87,19 +122,48 @@ def cmd_datasets(args) -> int:
 
 def cmd_table(args) -> int:
     from .files import write_text_atomic
-    from .report import collect_runs, comparison_table, format_table
+    from .report import add_differences, collect_runs, comparison_table, format_table, with_reference
 
+    if args.reference_differences and not args.reference:
+        raise ConfigError("--reference-differences compares with published rows: give them with --reference FILE")
     table = comparison_table(collect_runs([Path(p) for p in args.paths]), only_changed=args.only_changed,
                              baseline=args.baseline)
+    for reference in args.reference or []:
+        table = with_reference(table, reference, differences=args.reference_differences)
+    if args.difference:
+        table = add_differences(table, args.difference)
     text = format_table(table, args.format)
     if args.output:
         write_text_atomic(args.output, text)
+        if args.format == "csv":  # what the runs were made with, for `expkit diff` (report/provenance.py)
+            from .report.provenance import write_sidecar
+
+            write_sidecar(args.output, table.to_dict("records"))
     else:
         sys.stdout.write(text)
     if args.plot:
         from .plots import plot_bars
 
         plot_bars(table, args.plot, metric=args.metric)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .tracking.export import export
+
+    export(args.tracker, [Path(p) for p in args.paths], sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    import time
+
+    from .report.html import write_html_report
+
+    began = time.perf_counter()
+    path = write_html_report([Path(p) for p in args.paths], args.output, baseline=args.baseline, title=args.title)
+    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - began:.1f} s)", file=sys.stderr)
+    print(path)
     return 0
 
 
@@ -119,20 +183,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"expkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p):
-        p.add_argument("config", help="experiment YAML file")
+    def with_config(p, optional: bool = False):
+        p.add_argument("config", nargs="?" if optional else None, help="experiment YAML file")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a key (dotted path, list index as a number; the value is YAML); repeatable")
         return p
 
-    p = with_config(sub.add_parser("run", help="train an experiment or a sweep; prints the run (or sweep) folder last"))
+    p = with_config(sub.add_parser("run", help="train an experiment or a sweep; prints the run (or sweep) folder last"),
+                    optional=True)
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run in its folder from its last finished epoch (no config file)")
+    p.add_argument("--track", action="append", metavar="NAMES",
+                   help="trackers, overriding the config's `track`: tensorboard, mlflow, comma-separated or "
+                   "repeated; none for no tracker")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs/)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to train (default: auto)")
+    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                   help="Keras backend, overriding the config's `backend` (default: the config's, else $KERAS_BACKEND, else tensorflow)")
     p.add_argument("--dry-run", action="store_true", help="validate and build every model; no training")
     p.add_argument("--fail-fast", action="store_true", help="sweeps: stop at the first failed trial")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="sweeps: train N trials at once in worker processes, each with its share of the cores "
+                   "(default: sweep.jobs, 1)")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="sweeps: local (this machine) or ray (each trial a Ray task; default: sweep.executor)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --executor ray: the Ray cluster (default: sweep.address, $RAY_ADDRESS, else a local one)")
     p.set_defaults(func=cmd_run)
 
     p = with_config(sub.add_parser("summary", help="validate and build the model, print its Keras summary (no data, no training)"))
+    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], help="Keras backend, overriding the config's `backend`")
     p.set_defaults(func=cmd_summary)
     p = with_config(sub.add_parser("config", help="print the resolved config with every default filled in"))
     p.set_defaults(func=cmd_config)
@@ -144,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
     p.add_argument("--only-changed", action="store_true", help="add the config keys whose values differ between rows")
     p.add_argument("--baseline", metavar="RUN", help="add difference rows against this run (label or path)")
+    p.add_argument("--reference", action="append", metavar="CSV",
+                   help="add a report's published numbers as rows '<run> (published)' beside ours "
+                   "(configs/reference/*.csv); repeatable")
+    p.add_argument("--reference-differences", action="store_true",
+                   help="with --reference: add 'Difference (<run> - <run> (published))' for each run that has one")
+    p.add_argument("--difference", action="append", metavar="A-B",
+                   help="add the row 'Difference (A - B)', A minus B, for two row labels "
+                   "(published ones included); repeatable")
     p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output")
     p.add_argument("--plot", metavar="PNG", help="also draw a bar chart of the runs")
     p.add_argument("--metric", default="best_val_accuracy", help="metric of the bar chart (default: best_val_accuracy)")
@@ -157,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-removed", action="store_true",
                    help="with --fail-on-worse: rows missing from the new table (or no match at all) do not fail the gate")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("export", help="record existing run folders in TensorBoard or MLflow, as `track` would have")
+    p.add_argument("tracker", choices=["tensorboard", "mlflow"])
+    p.add_argument("paths", nargs="+", metavar="RUNS", help="run folders, runs/<name> folders, sweep folders or runs/")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: the table, the plots, each run's curves and config")
+    p.add_argument("paths", nargs="+", metavar="RUNS_OR_SWEEP", help="run folders, runs/<name> folders or sweep folders")
+    p.add_argument("--output", "-o", metavar="HTML", default="report.html", help="the page to write (default: report.html)")
+    p.add_argument("--baseline", metavar="RUN", help="the run others' configs are compared with (label or path; "
+                   "default: the first)")
+    p.add_argument("--title", help="the page's title (default: the names of the runs)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -165,6 +266,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the record short
     raise Terminated
 
 
@@ -172,7 +274,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return args.func(args)
+        from .repro import command_source
+
+        with command_source(None if argv is None else ["expkit", *argv]):  # results.json's `command`
+            return args.func(args)
     except ConfigError as exc:
         if getattr(args, "config", None):
             exc = exc.with_file(args.config)
@@ -186,5 +291,16 @@ def main(argv=None) -> int:
         return 1
 
 
+def console() -> None:
+    """The `expkit` command. After an interrupt the records are written (each file whole, fsynced),
+    so the process ends at once: an interpreter teardown behind a backend op cut short can hang."""
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .backend import default_backend
 from .errors import ConfigError, format_path
 from .files import load_yaml_text, read_yaml_file, yaml_problem
 from .registry import did_you_mean
@@ -134,6 +135,14 @@ class TrainConfig(Section):
         "auto", description="arrays: numpy straight into fit, as a plain script does; tf_data: cached, prefetched dataset."
     )
     verbose: Literal["auto", 0, 1, 2] = Field("auto", description="Keras fit verbosity; auto shows the bar on a terminal.")
+    save_model: bool = Field(True, description="Save the trained model as model.keras in the run folder (Keras' format, "
+                             "keras.saving.load_model reads it).")
+    checkpoint: bool = Field(True, description="After every epoch, save checkpoint.keras (model, optimizer and the "
+                             "state expkit needs), so an interrupted run resumes from its last finished epoch "
+                             "(`expkit run --resume RUN_DIR`; a sweep resumes its interrupted trials). Removed when "
+                             "the run finishes.")
+    test_each_epoch: bool = Field(False, description="Evaluate the test split after every epoch: test_loss and "
+                                  "test_<metric> columns in metrics.csv and curves.png (none without a test split).")
 
     def watchers(self) -> list[tuple[str, Any]]:
         """(key, section) of each callback that watches a metric: early stopping, a plateau schedule."""
@@ -213,13 +222,48 @@ def _repeats(values: list) -> list:
     return out
 
 
+class TrialResources(Section):
+    cpus: float = Field(1.0, gt=0, description="Ray: CPUs each trial reserves (also its threads per op, rounded up).")
+    gpus: float = Field(
+        0.0, ge=0, description="Ray: GPUs each trial reserves; a fraction packs trials onto one GPU (0.25: four "
+        "per GPU), each capped to its share of the GPU's memory. Above 1, a whole number.")
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_above_one(cls, v):
+        if v > 1 and v != int(v):  # Ray's own rule: a task takes part of one GPU or whole GPUs
+            raise ValueError(f"must be at most 1 or a whole number, found {v}")
+        return v
+
+
 class SweepConfig(Section):
+    jobs: int = Field(
+        1, ge=1, description="Trials trained at once on this machine, each in its own worker process with an "
+        "equal share of the cores; `expkit run --jobs N` overrides it.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: this machine (see jobs); ray: each trial a Ray task on a Ray cluster "
+        "(pip install 'expkit[ray]'; docs/distributed.md); `--executor` overrides it.")
+    resources: TrialResources = Field(
+        default_factory=TrialResources, description="Ray: what each trial reserves on the cluster.")
+    address: str | None = Field(
+        None, description="Ray: the cluster to use (`--address` overrides it; default $RAY_ADDRESS, else a Ray "
+        "instance started on this machine for the sweep).")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Every combination of these values; keys are key paths like "
         "train.learning_rate or model.layers[1].dense.units.")
     zip: dict[str, list[Any]] = Field(
         default_factory=dict, description="Keys that move together, one trial per position (lists of equal length).")
     seeds: list[Seed] | None = Field(None, description="Repeat every trial with each of these seeds.")
+    vectorize: Union[bool, Literal["auto"]] = Field(
+        "auto", description="Train trials that differ only in numbers that change no shape (learning rate, optimizer "
+        "and schedule settings, L1/L2 factors, dropout rates, seeds) together as one compiled JAX program, each "
+        "trial still with its own data order, early stopping and run folder (needs jax: pip install "
+        "'expkit[jax]'). auto: such groups where the training saved outweighs starting JAX, the other trials one "
+        "at a time; true: every unfinished trial in one program (split only for memory), else an error naming "
+        "the key that prevents it; false: one trial at a time.")
+    vectorize_max: int | None = Field(
+        None, ge=1, description="At most this many trials in one vectorised program (a larger group is split); "
+        "null: as many as fit in the memory available.")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -266,10 +310,25 @@ class ExperimentConfig(Section):
         description=f"Run name; the run folder is runs/<name>/<run-id>. Defaults to the file's stem. "
         f"A plain folder name of at most {NAME_MAX} characters.")
     description: str = Field("", description="Free text about the experiment, kept with its results.")
+    provenance: Literal["reproduced", "invented"] | None = Field(
+        None, description="reproduced: an experiment a seed report ran, as far as it states it; invented: one the "
+        "seeds do not specify (a sweep they only discuss, layers they do not give, a rerun on other data). "
+        "Kept in the run's config.yaml, a column of `expkit table --only-changed`.")
     seed: Seed = Field(0, description=f"Seeds data order, split, initialisers and dropout (0..{SEED_MAX}).")
+    backend: Literal["tensorflow", "jax", "torch"] = Field(
+        default_factory=default_backend, validate_default=True,
+        description="Keras backend the run trains on: tensorflow, jax or torch (default: $KERAS_BACKEND when set, "
+        "else tensorflow). Chosen before Keras is imported; `expkit run --backend jax` overrides it. jax and "
+        "torch need their library: pip install 'expkit[jax]' or 'expkit[torch]'.")
     data: DataConfig = Field(default_factory=DataConfig, description="Which dataset and how to prepare it.")
     model: ModelConfig = Field(description="The model: a list of layer specs.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimizer, loss, batches, epochs and callbacks.")
+    track: list[str] = Field(
+        default_factory=list, description="Trackers that also record the run: tensorboard (event files in "
+        "<run>/tensorboard/, HParams for sweeps), mlflow (one MLflow run per run, sweeps as parent and child runs, "
+        "in mlruns/ beside the runs folder or $MLFLOW_TRACKING_URI). Each needs its library: pip install "
+        "'expkit[tensorboard]' or 'expkit[mlflow]'. `expkit run --track` overrides it. A tracker that fails is "
+        "one warning line; the run and its record go on.")
     sweep: SweepConfig | None = Field(
         None, description="Run several trials of this config: a grid, zipped keys and/or seeds.")
 
@@ -283,6 +342,17 @@ class ExperimentConfig(Section):
         if size > NAME_MAX:
             raise ValueError(f"is {size} characters (UTF-8 bytes) long; a run name becomes a folder name and "
                              f"may have at most {NAME_MAX}: shorten it (it defaults to the config file's stem)")
+        return v
+
+    @field_validator("track")
+    @classmethod
+    def _known_trackers(cls, v):
+        from .tracking import TRACKERS  # names only: no tracker library is imported here
+
+        for i, name in enumerate(v):
+            TRACKERS.get(name, path=("track", i))
+            if name in v[:i]:
+                raise ConfigError(f"'{name}' is listed twice; give each tracker once", path=("track", i))
         return v
 
     @model_validator(mode="after")
@@ -300,7 +370,28 @@ class ExperimentConfig(Section):
 
     def to_dict(self) -> dict:
         """The resolved config as plain data (every default filled in), ready for YAML."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data["provenance"] is None:  # an unmarked config resolves (and its trials hash) as before the key existed
+            del data["provenance"]
+        return data
+
+
+# Keys that say how a run is recorded, never what it computes. A sweep trial's identity (its id, a
+# hash of the resolved config) leaves them out, so turning tracking on, or a version that adds such a
+# key, does not make finished trials look new and train again.
+RECORDING_KEYS = (("track",), ("train", "save_model"), ("train", "checkpoint"), ("train", "test_each_epoch"))
+
+
+def without_recording_keys(resolved: dict) -> dict:
+    """A copy of a resolved config without RECORDING_KEYS: what decides the numbers a run produces."""
+    out = copy.deepcopy(resolved)
+    for *parents, key in RECORDING_KEYS:
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return out
 
 
 # --- raw dict operations -------------------------------------------------------------------------

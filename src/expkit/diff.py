@@ -1,8 +1,10 @@
 """`expkit diff`: compare two comparison tables (the CSV `format_table` writes), row by row.
 
 Rows are matched by their configuration: `run` and the swept-key / config columns both tables
-have; `path`, `status`, `seeds` and the metrics are what may change. Uses the csv module only, so
-the command starts without pandas.
+have; `path`, `status`, `seeds` and the metrics are what may change. Either side may be a reference
+file of published numbers (configs/reference/*.csv): its rows match ours by `run`, only the metrics it
+gives are compared, and a published number counts as exact in the seed spread. Uses the csv module
+only, so the command starts without pandas.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .files import read_csv
-from .report import DIFFERENCE_PREFIX, METRICS, format_number
+from .report import DIFFERENCE_PREFIX, METRICS, PUBLISHED, format_number, read_table_csv
+from .report.provenance import compare_provenance, read_provenance
 
 NOT_KEYS = {"path", "status", "seeds"}
 
@@ -44,6 +46,7 @@ class DiffResult:
     worse: bool                  # the --fail-on-worse gate failed: exit 1
     rows: list[DiffRow]
     reasons: list[str] = field(default_factory=list)  # why the gate failed, one line each (also in text)
+    provenance: list[str] = field(default_factory=list)  # how the tables' versions, data or code differ
 
     @property
     def changed(self) -> bool:
@@ -79,7 +82,9 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
             rows.append(DiffRow(_label(new, keys, new_rows), key, "added"))
             continue
         deltas = [_delta(m, old, new) for m in metrics]
-        seeds = (old.get("seeds"), new.get("seeds")) if old.get("seeds") != new.get("seeds") else None
+        # a reference file gives no seed count: nothing to compare there
+        both = "seeds" in old and "seeds" in new
+        seeds = (old["seeds"], new["seeds"]) if both and old["seeds"] != new["seeds"] else None
         change = "changed" if seeds or any(d.verdict != "same" for d in deltas) else "same"
         row = DiffRow(_label(new, keys, new_rows), key, change, deltas, seeds)
         rows.append(row)
@@ -89,10 +94,12 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
     rows += [DiffRow(_label(o, keys, old_rows), tuple((k, o[k]) for k in keys), "removed")
              for o in old_rows if id(o) not in matched_old]
 
-    text = _render(rows, old_cols, new_cols)
+    # what the tables were made with (report/provenance.py): said first, never part of the gate
+    provenance = compare_provenance(read_provenance(old_csv_path, old_rows), read_provenance(new_csv_path, new_rows))
+    text = "".join(f"{line}\n" for line in provenance) + _render(rows, old_cols, new_cols)
     reasons = _gate_failures(rows, fail_on_worse, tolerance, worse_rows, allow_removed) if fail_on_worse else []
     text += "".join(f"worse: {reason}\n" for reason in reasons)
-    return DiffResult(text, bool(reasons), rows, reasons)
+    return DiffResult(text, bool(reasons), rows, reasons, provenance)
 
 
 def _gate_failures(rows: list[DiffRow], metric: str, tolerance: float, worse_rows: list[str],
@@ -117,7 +124,7 @@ def _is_key(column: str) -> bool:
 
 
 def _read_table(path) -> tuple[list[str], list[dict]]:
-    columns, rows = read_csv(path)
+    columns, rows = read_table_csv(path)  # a reference file (configs/reference/*.csv) opens with # comments
     if "run" not in columns:
         raise ConfigError("not an expkit table: expected a CSV with a 'run' column "
                           "(`expkit table --format csv`)", file=path)
@@ -160,11 +167,17 @@ def _delta(metric: str, old: dict, new: dict) -> MetricDelta:
     else:
         verdict = "better" if delta * direction > 0 else "worse"
     out = MetricDelta(metric, a, b, delta, verdict)
-    sa, sb = _number(old, f"{metric}_std"), _number(new, f"{metric}_std")
+    sa, sb = _std(old, metric), _std(new, metric)
     if not (math.isnan(sa) or math.isnan(sb) or math.isnan(delta)):
         out.spread = math.sqrt(sa ** 2 + sb ** 2)
         out.beyond_spread = round(abs(delta) - out.spread, 10) > 0
     return out
+
+
+def _std(row: dict, metric: str) -> float:
+    """A row's seed spread; a published number (a reference file's row) counts as exact."""
+    std = _number(row, f"{metric}_std")
+    return 0.0 if math.isnan(std) and row.get("status") == PUBLISHED else std
 
 
 def _worse_by(d: MetricDelta) -> float:

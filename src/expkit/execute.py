@@ -52,7 +52,7 @@ class DatasetCache:
         self._dataset = None
 
     def get(self, cfg: ExperimentConfig):
-        from .data import load_dataset
+        from .repro import load_dataset  # the data package's, noting the files read (results.json's data hash)
 
         key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed, cfg.train.loss])
         if key != self._key:
@@ -84,16 +84,22 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
         status = read_status(path, stale_after)  # it may have finished between the look and the claim
         if status in FINISHED:
             return TrialOutcome(status, False, f"{status}, skipped")
-        note = ""
+        note, resume = "", False
         if path.exists():
-            note = f"earlier attempt ({status}) kept in {set_aside(path)}; "
-        path.mkdir(parents=True)
+            from .checkpoint import resumable_epoch
+            from .runfolder import INTERRUPTED
+
+            epoch = resumable_epoch(path) if status == INTERRUPTED else None
+            resume = epoch is not None  # an interrupted attempt continues from its checkpoint
+            note = (f"resuming the interrupted attempt after epoch {epoch}; " if resume
+                    else f"earlier attempt ({status}) kept in {set_aside(path)}; ")
+        path.mkdir(parents=True, exist_ok=resume)
         folder = RunFolder(path, claim)
         print(f"{_head(trial)}: {note}training", file=log)
         try:
             cfg = trial.config
             dataset = (datasets or DatasetCache()).get(cfg)
-            run_experiment(cfg, device=device, folder=folder, dataset=dataset,
+            run_experiment(cfg, device=device, folder=folder, dataset=dataset, resume=resume,
                            trial={"id": trial.id, "values": trial.values, "seed": trial.seed})
         except ClaimLost as exc:
             return TrialOutcome(RUNNING, False, str(exc))
@@ -162,70 +168,223 @@ def preflight(trials: list[Trial]) -> None:
             keras.backend.clear_session()
 
 
+def trial_backend(trial: Trial) -> str:
+    """The Keras backend a trial trains on (its config's `backend`)."""
+    return trial.config.backend
+
+
+class InProcess:
+    """Trials one at a time in this process: `--jobs 1` on one backend."""
+
+    in_process = True
+
+    def __init__(self, sweep_dir: Path, *, device: str, stale_after: float, log):
+        self.sweep_dir, self.device, self.stale_after, self.log = sweep_dir, device, stale_after, log
+        self.datasets = DatasetCache()
+        self.in_flight: dict[str, tuple[int, Trial, int]] = {}
+
+    def preflight(self, trials: list[Trial]) -> None:
+        from .backend import activate
+
+        if trials:  # Keras is imported only when something trains here
+            activate(trial_backend(trials[0]), device=self.device,
+                     deterministic=any(t.config.train.deterministic for t in trials))
+            preflight(trials)
+
+    def room(self, trial: Trial) -> bool:
+        return not self.in_flight
+
+    def submit(self, index: int, trial: Trial, total: int) -> None:
+        self.in_flight[trial.id] = (index, trial, total)
+
+    def started(self) -> set[str]:
+        return set(self.in_flight)
+
+    def collect(self, timeout: float) -> list[tuple[Trial, TrialOutcome]]:
+        out = []
+        for key, (index, trial, total) in list(self.in_flight.items()):
+            try:
+                outcome = run_trial(trial, self.sweep_dir, device=self.device, datasets=self.datasets,
+                                    stale_after=self.stale_after, log=_Prefixed(self.log, f"[{index}/{total}] "))
+            finally:
+                del self.in_flight[key]
+            out.append((trial, outcome))
+        return out
+
+    def stop(self) -> list[tuple[Trial, TrialOutcome]]:
+        return []  # the interrupted trial recorded itself on the way out
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(kind: str, jobs: int, trials: list[Trial], sweep_dir: Path, *, device: str, stale_after: float,
+                  log, live: bool, resources=None, address: str | None = None):
+    """The executor for `--executor`/`--jobs`: this process, local worker processes, or Ray.
+
+    Worker processes are used for more than one job at a time, and also for one job when the
+    trials name different Keras backends (or one this process cannot switch to): a process runs one
+    Keras backend for life."""
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(sweep_dir, device=device, stale_after=stale_after, log=log, resources=resources,
+                           address=address)
+    if kind != "local":
+        raise ConfigError(f"unknown executor '{kind}' (known: local, ray)", path="sweep.executor")
+    from .backend import can_run_here
+
+    backends = {trial_backend(t) for t in trials}
+    if jobs == 1 and len(backends) == 1 and can_run_here(next(iter(backends))):
+        return InProcess(sweep_dir, device=device, stale_after=stale_after, log=log)
+    from .workers import WorkerPool
+
+    return WorkerPool(jobs, sweep_dir, device=device, stale_after=stale_after, log=log, quiet_stdout=live)
+
+
 def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", fail_fast: bool = False,
-              stale_after: float = DEFAULT_STALE_AFTER, log=None) -> tuple[Path, dict]:
+              stale_after: float = DEFAULT_STALE_AFTER, log=None, jobs: int | None = None,
+              executor: str | None = None, address: str | None = None) -> tuple[Path, dict]:
     """Run every trial not yet finished; returns (sweep folder, counts by status).
 
-    Trials held by other live processes are waited for; trials that another process attempted
-    while this one ran are left as that process recorded them (each process tries a trial once).
+    `jobs`, `executor` and `address` override sweep.jobs, sweep.executor and sweep.address: `jobs`
+    trials at once in worker processes on this machine, or each trial a Ray task. Trials held by
+    other live processes are waited for; trials that another process attempted while this one ran
+    are left as that process recorded them (each process tries a trial once).
     """
+    from .progress import ProgressLog, SweepProgress
     from .runner import ensure_writable
+    from .vectorize import run_groups
 
     log = log or sys.stderr
+    jobs = cfg.sweep.jobs if jobs is None else jobs
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number of at least 1, found {jobs!r}")
+    kind = executor or cfg.sweep.executor
     trials = expand_sweep(cfg)
+    ensure_writable(runs_dir)
     sweep_dir = ensure_writable(Path(runs_dir) / cfg.name)
-    preflight([t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED])
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    refresh(cfg, trials, sweep_dir)
-    began = time.time()
-    datasets = DatasetCache()
-    attempted: set[str] = set()
-    waiting_said: set[str] = set()
-    while True:
-        waiting = []
-        for i, trial in enumerate(trials, 1):
-            if trial.id in attempted:
-                continue
-            head = _head(trial, i, len(trials))
-            status = read_status(sweep_dir / trial.id, stale_after)
-            if status in FINISHED or (status not in (PENDING, RUNNING) and _attempted_since(sweep_dir / trial.id, began)):
-                by = " by another process" if trial.id in waiting_said else ", skipped"
-                print(f"{head}: {status}{by}", file=log)
-                attempted.add(trial.id)
-                continue
-            if status == RUNNING:  # its holder is alive
-                if trial.id not in waiting_said:
-                    print(f"{head}: running in another process; waiting for it", file=log)
-                    waiting_said.add(trial.id)
-                waiting.append(trial)
-                continue
-            try:
-                outcome = run_trial(trial, sweep_dir, device=device, datasets=datasets, stale_after=stale_after,
-                                    log=_Prefixed(log, f"[{i}/{len(trials)}] "))
-            except (KeyboardInterrupt, ConfigError, RunWriteError):
-                try:
-                    refresh(cfg, trials, sweep_dir)
-                except RunWriteError:
-                    pass  # the first error is the one to report
-                raise
-            if not outcome.trained and outcome.status == RUNNING:
-                if trial.id not in waiting_said:
-                    print(f"{head}: {outcome.message}; waiting for it", file=log)
-                    waiting_said.add(trial.id)
-                waiting.append(trial)
-                continue
-            attempted.add(trial.id)
-            print(f"{head}: {outcome.message}", file=log)
-            if outcome.trained:
-                refresh(cfg, trials, sweep_dir)
-            if outcome.status == FAILED and fail_fast:
-                print("--fail-fast: stopping after the first failed trial", file=log)
-                return sweep_dir, refresh(cfg, trials, sweep_dir, plots=True)
-        if not waiting:
-            break
-        time.sleep(POLL_SECONDS)
+    isatty = getattr(log, "isatty", None)
+    live = bool(isatty and isatty()) and not (kind == "local" and jobs == 1)
+    progress = SweepProgress(cfg.name, log, live=live)
+    say = ProgressLog(progress)
+    runner = make_executor(kind, jobs, trials, sweep_dir.absolute(), device=device, stale_after=stale_after,
+                           log=say, live=live, resources=cfg.sweep.resources, address=address or cfg.sweep.address)
+    try:
+        runner.preflight([t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED])
+        run_groups(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say)  # sweep.vectorize
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        refresh(cfg, trials, sweep_dir)
+        _drive(cfg, trials, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after)
+    finally:
+        runner.close()
     counts = refresh(cfg, trials, sweep_dir, plots=True)
     return sweep_dir, counts
+
+
+def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, progress, *, fail_fast: bool,
+           stale_after: float) -> None:
+    """Hand the sweep's trials to `runner` in order, as it has room, until each is finished here,
+    recorded by another process, or (after a failure with fail_fast) left for the next run."""
+    from .progress import Counts
+
+    began = time.time()
+    n = len(trials)
+    pos = {t.id: i for i, t in enumerate(trials, 1)}
+    state = {t.id: "queued" for t in trials}  # queued, running, waiting (held by another process), done, failed
+    queue: list[Trial] = list(trials)
+    waiting: list[Trial] = []
+    waiting_said: set[str] = set()
+    finished_here = 0
+    say = progress.log
+
+    def head(t: Trial) -> str:
+        return _head(t, pos[t.id], n)
+
+    def show(force: bool = False) -> None:
+        started = runner.started()
+        c = Counts()
+        for t in trials:
+            s = state[t.id]
+            if s == "done":
+                c.done += 1
+            elif s == "failed":
+                c.failed += 1
+            elif s == "waiting" or (s == "running" and t.id in started):
+                c.running += 1
+            else:
+                c.queued += 1
+        progress.update(c, finished_here=finished_here, force=force)
+
+    def settle(t: Trial, outcome: TrialOutcome, tables: bool = True) -> None:
+        nonlocal finished_here
+        say(f"{head(t)}: {outcome.message}")
+        state[t.id] = "done" if outcome.status in FINISHED else "failed"
+        if outcome.trained:
+            finished_here += 1
+            if tables:  # the manifest and results as trials finish
+                refresh(cfg, trials, sweep_dir)
+
+    try:
+        show(force=True)
+        while queue or runner.in_flight or waiting:
+            for t in list(waiting):  # a holder let go: look at the trial again
+                if read_status(sweep_dir / t.id, stale_after) != RUNNING:
+                    waiting.remove(t)
+                    queue.append(t)
+                    state[t.id] = "queued"
+            queue.sort(key=lambda t: pos[t.id])
+            while queue and runner.room(queue[0]):
+                t = queue.pop(0)
+                status = read_status(sweep_dir / t.id, stale_after)
+                theirs = status not in (PENDING, RUNNING) and _attempted_since(sweep_dir / t.id, began)
+                if status in FINISHED or theirs:
+                    by = " by another process" if t.id in waiting_said else ", skipped"
+                    say(f"{head(t)}: {status}{by}")
+                    state[t.id] = "done" if status in FINISHED else "failed"
+                    continue
+                if status == RUNNING:  # its holder is alive
+                    if t.id not in waiting_said:
+                        say(f"{head(t)}: running in another process; waiting for it")
+                        waiting_said.add(t.id)
+                    waiting.append(t)
+                    state[t.id] = "waiting"
+                    continue
+                runner.submit(pos[t.id], t, n)
+                state[t.id] = "running"
+            show()
+            if not runner.in_flight:
+                if waiting:
+                    time.sleep(POLL_SECONDS)
+                continue
+            for t, outcome in runner.collect(POLL_SECONDS):
+                if not outcome.trained and outcome.status == RUNNING:
+                    if t.id not in waiting_said:
+                        say(f"{head(t)}: {outcome.message}; waiting for it")
+                        waiting_said.add(t.id)
+                    waiting.append(t)
+                    state[t.id] = "waiting"
+                    continue
+                settle(t, outcome)
+                if outcome.status == FAILED and fail_fast and (queue or waiting):
+                    say("--fail-fast: stopping after the first failed trial"
+                        + ("; waiting for the trials already running" if runner.in_flight else ""))
+                    for left in queue + waiting:
+                        state[left.id] = "queued"
+                    queue.clear()
+                    waiting.clear()
+            show()
+    except (KeyboardInterrupt, ConfigError, RunWriteError):
+        for t, outcome in runner.stop():  # every running trial records itself as interrupted
+            settle(t, outcome, tables=False)
+        try:
+            refresh(cfg, trials, sweep_dir)
+        except RunWriteError:
+            pass  # the first error is the one to report
+        progress.close()
+        raise
+    show()
+    progress.close()
 
 
 def _attempted_since(folder: Path, began: float) -> bool:

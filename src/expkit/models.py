@@ -61,7 +61,7 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
             "add flatten or global pooling before the dense layers", path=("model", "layers", last, last_name))
     if cfg.train.loss in CLASS_LOSSES and num_classes is not None and out_units != num_classes:
         raise ConfigError(_class_count_mismatch(cfg, out_units, num_classes), path=("model", "layers", last, last_name))
-    model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=cfg.name.replace("-", "_"))
+    model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=re.sub(r"[^A-Za-z0-9_]", "_", cfg.name))
     return model
 
 

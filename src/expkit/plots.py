@@ -47,14 +47,15 @@ def _read_metrics(path: Path) -> tuple[list[str], dict[str, list[float]]]:
 
 
 def plot_curves(metrics_csv_path: str | Path, out_png: str | Path, title: str) -> Path:
-    """Loss and accuracy per epoch, train against validation, in two panels."""
+    """Loss and accuracy per epoch, train against validation (and test, when recorded), in two panels."""
     columns, data = _read_metrics(Path(metrics_csv_path))
     epochs = data.get("epoch") or list(range(1, len(next(iter(data.values()), [])) + 1))
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = _figure(2)
     for ax, name in zip(axes, ("loss", "accuracy")):
-        for column, label, style in ((name, "train", "o-"), (f"val_{name}", "validation", "s--")):
+        for column, label, style in ((name, "train", "o-"), (f"val_{name}", "validation", "s--"),
+                                     (f"test_{name}", "test", "^:")):  # test: train.test_each_epoch
             if column in data:
                 ax.plot(epochs, data[column], style, label=label, markersize=4)
         ax.set_xlabel("epoch")

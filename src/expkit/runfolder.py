@@ -153,12 +153,21 @@ class RunRecord:
     eval_batch_size: int | None = None
     jit_compile: bool | None = None
     device: str | None = None
+    backend: str | None = None           # the Keras backend: tensorflow, jax or torch (its version is in versions)
     inter_op_threads: int | None = None
     versions: dict = field(default_factory=dict)
     host: str | None = None
     pid: int | None = None
     started: str | None = None
     ended: str | None = None
+    # how to reproduce it (expkit/repro.py): the code, the machine, the data and the command
+    git: dict | None = None              # {"commit", "dirty"} of the repository holding the config file
+    cpu: str | None = None
+    gpu: str | None = None               # the GPU it trained on; null on a CPU
+    data_sha256: str | None = None       # one hash over the files the dataset was read from (null: generated)
+    data_files: list | None = None       # [{"path", "bytes", "sha256"}], the first 20
+    command: str | None = None
+    resumed: list = field(default_factory=list)  # [{"epoch", "at"}]: resumed after that many epochs, then
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept on rewrite
 
     @property

@@ -17,11 +17,13 @@ def prepare(cfg: ExperimentConfig, *, dataset=None, load_data: bool = True):
 
     The one path for single runs, sweep trials (which pass the dataset they share), `summary` and
     `--dry-run` (no data: the input shape is probed, or taken from model.input_shape)."""
-    from .backend import current, set_precision
+    from .backend import activate, current, set_precision
     from .checks import check_experiment
-    from .data import load_dataset, probe_dataset
+    from .data import probe_dataset
     from .models import build_model
+    from .repro import load_dataset  # the data package's, noting the files read (results.json's data hash)
 
+    activate(cfg.backend)  # a no-op when Keras already runs on it; a clear error when on another
     set_precision(cfg.train.precision)
     if dataset is None and load_data:
         dataset = load_dataset(cfg.data, cfg.seed, cfg.train.loss)
@@ -62,17 +64,24 @@ def ensure_writable(folder: str | Path) -> Path:
 
 def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", device: str = "auto",
                    folder: RunFolder | None = None, trial: dict | None = None, dataset=None,
-                   keep_model: list | None = None) -> RunFolder:
+                   keep_model: list | None = None, resume: bool = False) -> RunFolder:
     """Train `cfg` and record it. Returns the run folder; its results.json holds the outcome.
 
     User mistakes (ConfigError) are raised before the folder is written. A NaN loss ends the run as
     'diverged'; another exception marks it 'failed' and is re-raised; Ctrl-C or SIGTERM marks it
     'interrupted' with the epochs that finished. `keep_model`, a list, receives the trained model.
+    `resume`: `folder` holds an unfinished run of `cfg`, which continues there from its checkpoint
+    (from its first epoch when it has none), metrics.csv continued.
     """
-    from .backend import current, seed_everything, versions
+    from .backend import activate, current, seed_everything, versions
+    from .checkpoint import read_checkpoint, save_model
     from .models import count_params, summary_text
+    from .repro import describe, library_versions, resumed_entry
+    from .tracking import Trackers, check_trackers
     from .train import TrainResult, train
 
+    check_trackers(cfg.track)
+    activate(cfg.backend, device=device, deterministic=cfg.train.deterministic)
     backend = current()
     device_name = backend.select_device(device)
     inter_op_threads = backend.set_inter_op_threads(cfg.train.inter_op_threads)
@@ -80,27 +89,41 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
     dataset, model = prepare(cfg, dataset=dataset)
 
     run = folder or RunFolder.create(runs_dir, cfg.name)
+    trackers = Trackers(cfg.track, run.path, cfg.to_dict(), trial)  # before the record, which lists their versions
     total, trainable = count_params(model)
     record = run.new_record(
         cfg.name, seed=cfg.seed, trial=trial, params=total, trainable_params=trainable,
         n_train=len(dataset.x_train), n_val=len(dataset.x_val),
         n_test=0 if dataset.x_test is None else len(dataset.x_test),
-        device=device_name, inter_op_threads=inter_op_threads, versions=versions())
-    result = TrainResult()
+        device=device_name, inter_op_threads=inter_op_threads, backend=backend.name,
+        versions=library_versions(versions()), **describe(dataset, device_name))
+    checkpoint = read_checkpoint(run.path) if resume else None
+    if resume:
+        earlier = _earlier_record(run)
+        record.started = (earlier.started if earlier else None) or record.started
+        record.resumed = [*(earlier.resumed if earlier else []), resumed_entry(checkpoint.epoch if checkpoint else 0)]
+    result = TrainResult(history=list(checkpoint.state["history"]) if checkpoint else [])  # kept if stopped again early
     try:
         run.set_status(RUNNING)
+        if resume:  # the stopped attempt's record: it would outvote status.json; the checkpoint has its epochs
+            (run.path / "results.json").unlink(missing_ok=True)
         run.write_config(cfg.to_dict())
         run.write_summary(summary_text(model))
+        trackers.start(checkpoint.state["history"] if checkpoint else [])
 
         def on_epoch(history):
             run.write_metrics(history)
             run.beat()
+            trackers.log_epoch(history[-1])
 
         with Heartbeat(run.beat):
-            train(cfg, dataset, model, on_epoch=on_epoch, result=result)
+            train(cfg, dataset, model, on_epoch=on_epoch, result=result,
+                  checkpoint_dir=run.path if cfg.train.checkpoint else None, resume=checkpoint)
         status = DIVERGED if result.diverged else DONE
+        if status == DONE and cfg.train.save_model:
+            save_model(model, run.path)
     except KeyboardInterrupt:
-        _finish(run, record, result, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)")
+        _finish(run, record, result, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)", trackers)
         raise
     except ClaimLost:
         raise  # another process owns the folder now: write nothing more
@@ -108,13 +131,13 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
         _finish_quietly(run, record, result, f"could not write the run folder: {exc}")
         raise RunWriteError(f"{run.path}: could not write the run folder: {exc.strerror or exc}") from None
     except ConfigError as exc:
-        _finish(run, record, result, FAILED, str(exc))
+        _finish(run, record, result, FAILED, str(exc), trackers)
         raise
     except Exception as exc:
-        _finish(run, record, result, FAILED, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        _finish(run, record, result, FAILED, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", trackers)
         raise
     try:
-        _finish(run, record, result, status, None)
+        _finish(run, record, result, status, None, trackers)
     except OSError as exc:
         _finish_quietly(run, record, result, f"could not write the run folder: {exc}")
         raise RunWriteError(f"{run.path}: could not write the run folder: {exc.strerror or exc}") from None
@@ -123,8 +146,18 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
     return run
 
 
-def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str | None) -> None:
-    """Write what was finished: metrics, the record, then the final status (in that order)."""
+def _earlier_record(run: RunFolder) -> RunRecord | None:
+    from .runfolder import DamagedRecord, read_record
+
+    try:
+        return read_record(run.path)
+    except DamagedRecord:
+        return None
+
+
+def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str | None, trackers=None) -> None:
+    """Write what was finished: metrics, the record, then the final status (in that order); a
+    finished run's checkpoint is removed (model.keras is the model); then the trackers finish."""
     history = result.history
     record.fit_seconds = round(result.fit_seconds, 3)
     record.summarise(history)
@@ -145,6 +178,12 @@ def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str |
             plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=record.name)
         except Exception as exc:  # a plot must never cost the run's record
             print(f"expkit: could not draw curves.png: {exc}", file=sys.stderr)
+    if status in (DONE, DIVERGED):
+        from .checkpoint import remove_checkpoint
+
+        remove_checkpoint(run.path)
+    if trackers is not None:
+        trackers.finish(record)
 
 
 def _plain(text: str | None) -> str | None:

@@ -17,6 +17,8 @@ KNOWN_OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "a
 # Work per compiled call that amortises Keras' per-step overhead (multiply-accumulates, forward and
 # backward). 4e10 is about half a second of training on this 2-core CPU: the dense baseline gets the
 # cap, the seed's CNNs 16 to 32. Measured with benchmarks/bench_speed.py: see docs/performance.md.
+# The same count serves every backend: TensorFlow loops inside one tf.function, JAX inside one XLA
+# program (backend.fuse_jax_train_steps); Keras' PyTorch trainer takes one step per call, so `auto` is 1 there.
 TARGET_MACS_PER_EXECUTION = 4e10
 MAX_STEPS_PER_EXECUTION = 64
 # Evaluation runs forward only; below this batch size Keras' per-batch overhead dominates it.
@@ -98,11 +100,28 @@ class TrainResult:
     eval_batch_size: int = 0
     jit_compile: bool = False
     started: float = 0.0  # perf_counter at the start of fit
+    previous_seconds: float = 0.0  # fit seconds of the epochs a resumed run finished before
+
+
+def epoch_order(seed: int, epoch: int, n: int):
+    """The order in which epoch `epoch` (0-based) visits the n training examples when Keras shuffles
+    arrays on JAX: the EpochOrder callback below fixes it. The vectorised sweep trainer uses it too."""
+    import numpy as np
+
+    return np.random.RandomState([seed, epoch]).permutation(n)
 
 
 def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callable[[list[dict]], None] | None):
     import keras
     import numpy as np
+
+    class EpochOrder(keras.callbacks.Callback):
+        """On JAX, Keras draws each epoch's shuffle, np.random.permutation(n), from NumPy's global generator
+        at the epoch's first batch; seeding it here makes that draw epoch_order(seed, epoch, n), whatever
+        drew before (Keras' own build pass draws once). TensorFlow shuffles inside tf.data, unaffected."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            np.random.seed([cfg.seed, epoch])
 
     def current_rate(model) -> float:
         return float(np.asarray(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
@@ -136,7 +155,7 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
                 result.diverged = True
                 self.model.stop_training = True
             result.history.append(row)
-            result.fit_seconds = time.perf_counter() - result.started
+            result.fit_seconds = result.previous_seconds + time.perf_counter() - result.started
             if on_epoch is not None:
                 on_epoch(result.history)
 
@@ -153,31 +172,60 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode,
             restore_best_weights=es.restore_best_weights))
-    return callbacks + [Recorder()]
+    return [EpochOrder(), *callbacks, Recorder()]
 
 
-def eval_batch_size(cfg: ExperimentConfig) -> int:
-    """Validation/test batch size: the metrics are per-example means, so the batch size does not change them."""
+def _test_each_epoch(x_test, y_test, batch_size: int):
+    """train.test_each_epoch: test_<metric> in the epoch's logs, so the Recorder writes them to metrics.csv."""
+    import keras
+
+    class TestEachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None:
+                return
+            scores = self.model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0, return_dict=True)
+            logs.update({f"test_{k}": float(v) for k, v in scores.items()})
+
+    return TestEachEpoch()
+
+
+def eval_batch_size(cfg: ExperimentConfig, sizes=()) -> int:
+    """Validation/test batch size: the metrics are per-example means, so the batch size does not change them.
+
+    `auto` is max(batch size, 256), or, given the evaluated sets' sizes, the smallest size from there up
+    to 4 times it that divides them all: every evaluation batch then has one shape, so the test step is
+    compiled (JAX) or traced (TensorFlow) once instead of once more for a ragged last batch."""
     v = cfg.train.validation_batch_size
-    return max(cfg.train.batch_size, MIN_EVAL_BATCH_SIZE) if v == "auto" else v
+    if v != "auto":
+        return v
+    low = max(cfg.train.batch_size, MIN_EVAL_BATCH_SIZE)
+    common = math.gcd(*(int(n) for n in sizes if n)) if any(sizes) else 0
+    return next((b for b in range(low, 4 * low + 1) if common % b == 0), low) if common >= low else low
 
 
 def resolve_input_pipeline(cfg: ExperimentConfig) -> str:
     # Measured (docs/performance.md): for in-memory arrays the array adapter is as fast as a cached
-    # tf.data pipeline here, so `auto` keeps the plain path; tf_data stays available.
+    # tf.data pipeline here, so `auto` keeps the plain path (on every backend, TensorFlow installed or
+    # not); tf_data stays available where TensorFlow is installed.
     return "arrays" if cfg.train.input_pipeline == "auto" else cfg.train.input_pipeline
 
 
-def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: TrainResult | None = None) -> TrainResult:
+def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: TrainResult | None = None,
+          checkpoint_dir=None, resume=None) -> TrainResult:
     """Compile and fit `model` on `dataset`, then evaluate on its test split.
 
     `result` is filled as training goes (history and fit time after every epoch), so a caller that
-    is interrupted still holds what was finished."""
+    is interrupted still holds what was finished. With `checkpoint_dir`, a checkpoint is written
+    there after every epoch; `resume` (an expkit.checkpoint.Checkpoint) continues from one."""
+    from .backend import current
+
     n_train = len(dataset.x_train)
     steps_per_epoch = max(1, math.ceil(n_train / cfg.train.batch_size))
     result = result if result is not None else TrainResult()
+    backend = current()
     spe = cfg.train.steps_per_execution
-    result.steps_per_execution = auto_steps_per_execution(model, cfg.train.batch_size, steps_per_epoch) if spe == "auto" else spe
+    auto_spe = auto_steps_per_execution(model, cfg.train.batch_size, steps_per_epoch) if spe == "auto" else 1
+    result.steps_per_execution = backend.steps_per_execution(spe, auto_spe)
     jit = cfg.train.jit_compile
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch),
@@ -187,16 +235,33 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
         jit_compile=jit,
     )
     result.jit_compile = bool(getattr(model, "jit_compile", False))
+    backend.prepare_compiled(model, result.steps_per_execution)
     has_val = len(dataset.x_val) > 0
     verbose = cfg.train.verbose if cfg.train.verbose != "auto" else (1 if sys.stdout.isatty() else 2)
     callbacks = _make_callbacks(cfg, result, on_epoch)
-    fit_kwargs = dict(epochs=cfg.train.epochs, verbose=verbose, callbacks=callbacks)
-    eval_batch = result.eval_batch_size = eval_batch_size(cfg)
-    if resolve_input_pipeline(cfg) == "tf_data":
-        from .backend import current
+    n_test = len(dataset.x_test) if dataset.x_test is not None else 0
+    eval_batch = result.eval_batch_size = eval_batch_size(cfg, (len(dataset.x_val), n_test))
+    if cfg.train.test_each_epoch and dataset.x_test is not None and len(dataset.x_test):
+        callbacks.insert(0, _test_each_epoch(dataset.x_test, dataset.y_test, eval_batch))  # before the Recorder
+    initial_epoch, epochs = 0, cfg.train.epochs
+    if checkpoint_dir is not None or resume is not None:
+        from .checkpoint import checkpoint_callback, restore
 
-        pipeline = current().input_pipeline
+        callbacks.append(checkpoint_callback(checkpoint_dir, result, callbacks, resume))
+        if resume is not None:
+            restore(model, resume)
+            result.history = [dict(row) for row in resume.state["history"]]
+            result.previous_seconds = float(resume.state.get("fit_seconds") or 0.0)
+            initial_epoch = resume.epoch
+            epochs = initial_epoch if resume.state.get("stopping") else epochs  # it had stopped early
+    fit_kwargs = dict(epochs=epochs, initial_epoch=initial_epoch, verbose=verbose, callbacks=callbacks)
+    if resolve_input_pipeline(cfg) == "tf_data":
+        pipeline = backend.input_pipeline
         train_data = pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)
+        if initial_epoch and cfg.train.shuffle:
+            print("expkit: note: tf_data reshuffles from a generator that a new process starts afresh: the resumed "
+                  "epochs see other example orders than an uninterrupted run would (arrays, the default, resume "
+                  "exactly)", file=sys.stderr)
         val_data = pipeline(dataset.x_val, dataset.y_val, eval_batch, False, cfg.seed) if has_val else None
         fit_args = (train_data,)
     else:
@@ -205,7 +270,7 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
         val_data = (dataset.x_val, dataset.y_val) if has_val else None
     result.started = time.perf_counter()
     model.fit(*fit_args, validation_data=val_data, **fit_kwargs)
-    result.fit_seconds = time.perf_counter() - result.started
+    result.fit_seconds = result.previous_seconds + time.perf_counter() - result.started
     if cfg.train.early_stopping is not None and not result.diverged:
         result.stopped_early = len(result.history) < cfg.train.epochs
     if dataset.x_test is not None and len(dataset.x_test) and not result.diverged:

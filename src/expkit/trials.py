@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ExperimentConfig, set_path, validate
+from .config import ExperimentConfig, set_path, validate, without_recording_keys
 from .errors import ConfigError, RunWriteError
 from .files import write_json_atomic
 from .runfolder import read_status
@@ -34,8 +34,8 @@ class Trial:
 
 
 def trial_id(resolved: dict) -> str:
-    """Short, stable hash of a resolved config (key order does not matter)."""
-    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
+    """Short, stable hash of a resolved config (key order and recording-only keys do not matter)."""
+    canonical = json.dumps(without_recording_keys(resolved), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
@@ -154,8 +154,10 @@ def dry_run(cfg: ExperimentConfig, out=None) -> list[dict]:
     from .models import count_params, output_shape
     from .runner import prepare
 
+    from .vectorize.launch import dry_run_groups, model_shape
+
     trials = expand_sweep(cfg)
-    rows = []
+    rows, shapes = [], {}
     for i, trial in enumerate(trials, 1):
         try:
             _, model = prepare(trial.config, load_data=False)
@@ -163,12 +165,19 @@ def dry_run(cfg: ExperimentConfig, out=None) -> list[dict]:
             raise ConfigError(f"trial {i} ({trial.label()}, seed {trial.seed}): {exc}") from None
         rows.append({"trial": i, "id": trial.id, "values": trial.label(), "seed": trial.seed,
                      "params": count_params(model)[0], "output": str(output_shape(model))})
+        shapes[trial.id] = model_shape(model)
         keras.backend.clear_session()
-    width = max(len(r["values"]) for r in rows)
-    print(f"{'#':>3}  {'id':10}  {'values':{width}}  {'seed':>4}  {'params':>10}  output", file=out)
+    groups, group_lines = dry_run_groups(cfg, trials, shapes)  # sweep.vectorize
     for r in rows:
-        print(f"{r['trial']:>3}  {r['id']:10}  {r['values']:{width}}  {r['seed']:>4}  {r['params']:>10,}  {r['output']}", file=out)
+        r["group"] = groups[r["id"]]
+    width = max(len(r["values"]) for r in rows)
+    print(f"{'#':>3}  {'id':10}  {'values':{width}}  {'seed':>4}  {'group':>5}  {'params':>10}  output", file=out)
+    for r in rows:
+        print(f"{r['trial']:>3}  {r['id']:10}  {r['values']:{width}}  {r['seed']:>4}  {r['group']:>5}  {r['params']:>10,}  "
+              f"{r['output']}", file=out)
     print(f"{len(rows)} trials; every model built.", file=out)
+    for line in group_lines:
+        print(line, file=out)
     return rows
 
 

@@ -8,17 +8,20 @@ cell formatting) starts without it.
 - `columns`: the metric columns, and a config flattened into columns
 - `table`: grouping by config, averaging over seeds, difference rows; a sweep's results files
 - `formatting`: Markdown, CSV and LaTeX text at fixed precision
+- `reference`: a report's published numbers (configs/reference/*.csv) as rows beside ours
 """
 
 from ..runfolder import FINISHED
 from .collect import NOT_A_RUN, collect_runs
 from .columns import (METRICS, NOT_COMPARED, RUN_COLUMNS, STD_METRICS, architecture, compact, flatten_config,
                       is_missing)
-from .formatting import DIFFERENCE_PREFIX, FORMATS, format_number, format_table
-from .table import comparison_table, write_sweep_results
+from .formatting import DIFFERENCE_PREFIX, FORMATS, PUBLISHED, PUBLISHED_SUFFIX, format_number, format_table
+from .reference import load_reference, read_table_csv, with_reference
+from .table import add_differences, comparison_table, difference_row, write_sweep_results
 
 __all__ = [
-    "DIFFERENCE_PREFIX", "FINISHED", "FORMATS", "METRICS", "NOT_A_RUN", "NOT_COMPARED", "RUN_COLUMNS",
-    "STD_METRICS", "architecture", "collect_runs", "compact", "comparison_table", "flatten_config", "format_number",
-    "format_table", "is_missing", "write_sweep_results",
+    "DIFFERENCE_PREFIX", "FINISHED", "FORMATS", "METRICS", "NOT_A_RUN", "NOT_COMPARED", "PUBLISHED", "PUBLISHED_SUFFIX",
+    "RUN_COLUMNS", "STD_METRICS", "add_differences", "architecture", "collect_runs", "compact", "comparison_table",
+    "difference_row", "flatten_config", "format_number", "format_table", "is_missing", "load_reference",
+    "read_table_csv", "with_reference", "write_sweep_results",
 ]

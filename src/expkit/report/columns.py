@@ -35,6 +35,15 @@ EARLIER = "earlier"
 # Config keys that never tell two experiments apart (a seed repeat, a label, free text, the sweep
 # definition that produced a trial).
 NOT_COMPARED = ("name", "seed", "description", "sweep")
+# Keys that say how a run was recorded, never what it computed (config.RECORDING_KEYS, which a test
+# keeps equal to this; here as text so that tables load no pydantic), and its printing.
+NOT_COMPARED_KEYS = ("track", "train.save_model", "train.checkpoint", "train.test_each_epoch", "train.verbose")
+
+
+def is_compared(key: str) -> bool:
+    """Whether a config key (dotted, without the `cfg:` prefix) can tell two experiments apart."""
+    return key.split(".", 1)[0] not in NOT_COMPARED and not any(
+        key == k or key.startswith(k + ".") for k in NOT_COMPARED_KEYS)
 CONFIG_PREFIX = "cfg:"
 
 

@@ -14,6 +14,9 @@ from ..errors import ConfigError
 from .columns import METRICS, as_float, cell_text, is_missing
 
 DIFFERENCE_PREFIX = "Difference ("
+# A report's own number (`expkit table --reference`): its status, and what its label gets appended.
+PUBLISHED = "published"
+PUBLISHED_SUFFIX = " (published)"
 FORMATS = ("markdown", "csv", "latex")
 
 
@@ -35,7 +38,8 @@ def format_table(table, fmt: str) -> str:
 
     Markdown and LaTeX show a mean with its spread as `0.8455 ± 0.0031` and leave out `path`;
     CSV keeps every column, `_std` apart from its mean, for machines (`expkit diff` reads it).
-    Difference rows are signed (+0.0540).
+    Difference rows are signed (+0.0540); one with a spread shows how many spreads it is (+0.0540 (2.1σ)).
+    A published row, and a difference with one, leaves a number the report does not give empty, not `nan`.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown table format '{fmt}' (known: {', '.join(FORMATS)})")
@@ -47,20 +51,21 @@ def format_table(table, fmt: str) -> str:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for rec in records:
-            signed = _is_difference(rec)
-            writer.writerow(["" if signed and c == "seeds" else format_number(c, rec[c]) if c in numeric
-                             else cell_text(rec[c]) for c in columns])
+            signed, blank = _is_difference(rec), _blank_if_missing(rec)
+            writer.writerow(["" if (signed or blank) and c == "seeds" or blank and is_missing(rec[c])
+                             else format_number(c, rec[c]) if c in numeric else cell_text(rec[c]) for c in columns])
         return buf.getvalue()
 
     shown = [c for c in columns if c != "path" and not (c.endswith("_std") and c[:-4] in METRICS)]
     pm = " ± " if fmt == "markdown" else " $\\pm$ "
+    sigma = "σ" if fmt == "markdown" else "$\\sigma$"
     escape = escape_markdown if fmt == "markdown" else escape_latex
     body = []
     for rec in records:
-        signed = _is_difference(rec)
+        signed, blank = _is_difference(rec), _blank_if_missing(rec)
         cells = []
         for c in shown:
-            if signed and c == "seeds":
+            if (signed or blank) and c == "seeds" or blank and c in numeric and is_missing(rec[c]):
                 cells.append("")
             elif c not in numeric:
                 cells.append(escape(cell_text(rec[c])))
@@ -69,6 +74,8 @@ def format_table(table, fmt: str) -> str:
                 std = rec.get(f"{c}_std")
                 if not signed and c in METRICS and not is_missing(std):
                     cell += pm + format_number(c, std)
+                elif signed and c in METRICS and not is_missing(std) and std > 0 and not is_missing(rec[c]):
+                    cell += f" ({abs(as_float(rec[c])) / std:.1f}{sigma})"
                 cells.append(cell)
         body.append(cells)
     header = [escape(c) for c in shown]
@@ -84,6 +91,11 @@ def format_table(table, fmt: str) -> str:
 
 def _is_difference(record: dict) -> bool:
     return str(record.get("run", "")).startswith(DIFFERENCE_PREFIX)
+
+
+def _blank_if_missing(record: dict) -> bool:
+    """A published row, or a difference involving one: a missing number was not reported."""
+    return record.get("status") == PUBLISHED or (_is_difference(record) and PUBLISHED_SUFFIX in str(record["run"]))
 
 
 def escape_markdown(text: str) -> str:

@@ -11,9 +11,9 @@ from ..errors import ConfigError
 from ..files import write_text_atomic
 from ..runfolder import FINISHED
 from .collect import collect_runs, sweep_name
-from .columns import (CONFIG_PREFIX, GRID, METRICS, NOT_COMPARED, RUN_COLUMNS, STD_METRICS, as_float, cell_text,
+from .columns import (CONFIG_PREFIX, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
                       is_missing, short_keys)
-from .formatting import DIFFERENCE_PREFIX, format_table
+from .formatting import DIFFERENCE_PREFIX, PUBLISHED, format_table
 
 
 def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | None = None):
@@ -28,14 +28,11 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
     group's run folders, `;`-separated). `baseline` (a row's `run` label or a run folder's path)
     adds a `Difference (<row> - <baseline>)` row per other row.
     """
-    import pandas as pd
-
     columns = list(runs_df.columns)
     cfg_cols = [c for c in columns if c.startswith(CONFIG_PREFIX)]
     swept = [c for c in columns
              if c not in RUN_COLUMNS and c != GRID and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
-    compared = [c for c in cfg_cols
-                if c[len(CONFIG_PREFIX):].split(".", 1)[0] not in NOT_COMPARED and c[len(CONFIG_PREFIX):] not in swept]
+    compared = [c for c in cfg_cols if is_compared(c[len(CONFIG_PREFIX):]) and c[len(CONFIG_PREFIX):] not in swept]
     records = runs_df.to_dict("records")
     with_grid = any(_grid(r) for r in records)
     groups = _group_by_config(records, cfg_cols, compared)
@@ -68,9 +65,53 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
     for metric in METRICS:
         order += [metric] + ([f"{metric}_std"] if metric in STD_METRICS else [])
     order.append("path")
+    return table_frame(rows, order)
+
+
+def table_frame(rows: list[dict], order: list[str]):
+    """Rows -> a table DataFrame with these columns: metrics, spreads and seeds as floats, the rest as objects."""
+    import pandas as pd
+
     numeric = set(METRICS) | {f"{m}_std" for m in STD_METRICS} | {"seeds"}
     return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=float if c in numeric else object)
                          for c in order}, columns=order)
+
+
+def add_differences(table, pairs: list[str]):
+    """The table with a `Difference (A - B)` row per "A-B" in `pairs`, A and B being row labels (a label
+    may itself hold '-'): A's metrics minus B's, computed as labelled (`difference_row`)."""
+    records = table.to_dict("records")
+    labels = [str(r["run"]) for r in records]
+    rows = list(records)
+    for pair in pairs:
+        a, b = _split_pair(pair, labels)
+        rows.append(difference_row(records[labels.index(a)], records[labels.index(b)]))
+    return table_frame(rows, list(table.columns))
+
+
+def _split_pair(pair: str, labels: list[str]) -> tuple[str, str]:
+    splits = [(pair[:i].strip(), pair[i + 1:].strip()) for i, ch in enumerate(pair) if ch == "-"]
+    found = [(a, b) for a, b in splits if a in labels and b in labels]
+    if len(found) == 1:
+        return found[0]
+    what = "splits into row labels in more than one way" if found else "does not name two rows as A-B"
+    raise ConfigError(f"--difference '{pair}' {what} (rows: {', '.join(labels)})")
+
+
+def difference_row(a: dict, b: dict) -> dict:
+    """`Difference (A - B)`: A's metrics minus B's; as `<metric>_std` the spread of that difference,
+    sqrt(std_A² + std_B²), where a published row counts as exact (std 0) and a single run as unknown (NaN)."""
+    row = {"run": f"{DIFFERENCE_PREFIX}{a['run']} - {b['run']})", "status": "", GRID: "", "path": ""}
+    for metric in METRICS:
+        row[metric] = as_float(a.get(metric)) - as_float(b.get(metric))
+        if metric in STD_METRICS:
+            row[f"{metric}_std"] = math.hypot(_spread(a, metric), _spread(b, metric))
+    return row
+
+
+def _spread(row: dict, metric: str) -> float:
+    std = as_float(row.get(f"{metric}_std"))
+    return 0.0 if math.isnan(std) and row.get("status") == PUBLISHED else std
 
 
 def _unprefixed(column: str) -> str:
