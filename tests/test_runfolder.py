@@ -478,3 +478,21 @@ def test_heartbeat_thread_ends_when_the_claim_is_lost(tmp_path):
             time.sleep(0.02)
         assert not beat._thread.is_alive()  # ClaimLost ended it, without raising into the caller
     assert not claim.held()
+
+
+def test_a_zombie_holder_is_not_alive():
+    """A holder that exited but was not reaped yet (its parent has not waited) holds nothing."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with open(f"/proc/{proc.pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    try:
+        assert not pid_alive(proc.pid)
+    finally:
+        proc.wait()

@@ -59,13 +59,19 @@ def new_run_id() -> str:
 # --- liveness: who holds a run or a claim, and whether it is still there ----------------------------
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), so a recycled pid is not taken for the original."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (Linux): state first, start time 20th."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid`, so a recycled pid is not taken for the original."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def pid_alive(pid, start: str | None = None) -> bool:
@@ -77,6 +83,9 @@ def pid_alive(pid, start: str | None = None) -> bool:
         return False
     except PermissionError:
         pass
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent: gone all the same
+        return False
     return start is None or _process_start(pid) in (None, start)
 
 
