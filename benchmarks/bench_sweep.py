@@ -76,11 +76,11 @@ def run_side(path: Path, runs: Path, *, vectorize: bool, backend: str | None) ->
         record = json.loads((sweep_dir / entry["id"] / "results.json").read_text())
         trials[(short_label(entry["values"]), entry["seed"])] = record
     training = sum(r["fit_seconds"] for r in trials.values())
-    if vectorize:  # the trials of one program share its time: count each program once
-        programs = {}
+    if vectorize:  # a program's trials share its time, and its lanes (processes) run side by side
+        programs: dict = {}
         for r in trials.values():
-            v = r["vectorized"]
-            programs[(v["group"], v.get("chunk", 0))] = r["fit_seconds"] + v.get("compile_seconds", 0.0)
+            v, key = r["vectorized"], (r["vectorized"]["group"], r["vectorized"]["chunk"])
+            programs[key] = max(programs.get(key, 0.0), r["fit_seconds"] + v["compile_seconds"])
         training = sum(programs.values())
     return {"wall": wall, "training": training, "trials": trials}
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--studies", default="lr,cnn2")
     parser.add_argument("--sequential", default="tensorflow,jax", help="backends of the one-at-a-time sides")
     parser.add_argument("--dataset", default="auto", help="fashion_mnist, fashion_mnist_sample or auto (full set if installed)")
-    parser.add_argument("--cnn2-limit", type=int, default=6000, help="cnn2 study: first N training examples")
+    parser.add_argument("--cnn2-limit", type=int, default=1000, help="cnn2 study: first N training examples")
     args = parser.parse_args(argv)
     dataset = args.dataset
     if dataset == "auto":

@@ -22,7 +22,6 @@ from expkit.vectorize.grouping import ModelShape
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 needs_jax = pytest.mark.skipif(not launch.jax_installed(), reason="jax is not installed (pip install 'expkit[jax]')")
 
 
@@ -181,7 +180,8 @@ def test_a_convolutional_group_takes_a_step_per_call_and_equals_its_trials(tiny_
     monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
     tiny = {**tiny_config, "model": {"layers": [{"conv2d": {"filters": 4, "kernel_size": 3, "activation": "relu"}},
                                                 {"dropout": 0.2}, {"flatten": {}}, {"dense": {"units": 3, "activation": "softmax"}}]}}
-    cfg = sweep_cfg(tiny, {"grid": {"model.layers.1.dropout": [0.1, 0.4]}, "seeds": [3, 4], "vectorize": True})
+    cfg = sweep_cfg(tiny, {"grid": {"model.layers.1.dropout": [0.1, 0.4]}, "seeds": [3, 4], "vectorize": True},
+                    test_each_epoch=True)
     log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 4})
     assert "4 trials as one JAX program" in log
 
@@ -206,7 +206,8 @@ def equal_to_one_at_a_time(cfg, tmp_path, counts: dict) -> str:
             continue
         assert len(rows) == len(ref["metrics"]) >= 1
         for mine, theirs in zip(rows, ref["metrics"]):
-            for key in (*METRICS, "learning_rate"):
+            assert list(mine) == list(theirs)  # metrics.csv's columns, in order
+            for key in set(theirs) - {"epoch_seconds"}:
                 worst = max(worst, abs(mine[key] - theirs[key]))
         for key in ("loss", "accuracy"):
             worst = max(worst, abs(record.test[key] - ref["test"][key]))
@@ -252,6 +253,22 @@ def test_resume_trains_the_unfinished_trials_as_a_new_group_in_chunks(tiny_confi
         assert (sweep_dir / trial_id / "results.json").stat().st_mtime_ns == mtime
     sizes = sorted(read_record(sweep_dir / t.id).extra["vectorized"]["trials"] for t in expand_sweep(more) if t.id not in kept)
     assert sizes == [1, 2, 2]
+
+
+@needs_jax
+def test_a_large_group_trains_in_one_process_per_core(tiny_config, tmp_path, monkeypatch):
+    """XLA runs a small model's steps on one core: 8 trials on 2 cores train as 2 processes of 4."""
+    monkeypatch.setattr("expkit.workers.available_cores", lambda: 2)
+    cfg = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002]},
+                                  "vectorize": True}, epochs=1)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path, log=fh)
+    assert counts == {"done": 8}
+    assert "8 trials differing in sweep.grid.train.learning_rate train as one JAX program in each of 2 processes" in log.read_text()
+    lanes = sorted(read_record(sweep_dir / t.id).extra["vectorized"]["lane"] for t in expand_sweep(cfg))
+    assert lanes == ["1/2"] * 4 + ["2/2"] * 4
+    assert list((sweep_dir / ".claims").iterdir()) == []
 
 
 def test_vectorize_true_names_the_key_before_anything_is_written(tiny_config, tmp_path, monkeypatch):

@@ -137,6 +137,8 @@ def trial_blocker(cfg, trial) -> tuple[str, str] | None:
         if any(split_key(k)[0] == "backend" for k in getattr(cfg.sweep, block)):
             key = next(k for k in getattr(cfg.sweep, block) if split_key(k)[0] == "backend")
             return f"sweep.{block}.{key}", "the sweep compares backends, and a vectorised group trains on JAX"
+    if getattr(trial.config, "track", None):
+        return "track", "trackers follow one run at a time, and a vectorised group does not feed them"
     train = trial.config.train
     if train.precision != "float32":
         return "train.precision", f"{train.precision} is not vectorised (float32 only)"

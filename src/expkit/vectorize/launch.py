@@ -1,27 +1,30 @@
-"""The sweep's side of vectorised training: plan the groups, train them in a JAX child process.
+"""The sweep's side of vectorised training: plan the groups, train them in JAX child processes.
 
 `run_groups` runs in the sweep's process (whatever its Keras backend) before the sweep's own loop:
 it measures each unfinished trial's model on that backend, groups the trials (grouping.py), and
-hands the groups to one child process (worker.py) started with 'spawn' and KERAS_BACKEND=jax. The
-trials the child finishes are finished for the loop too; anything else (a group that could not be
-one program, a trial the child could not finish) is left to the loop, which trains it one at a time.
+hands the groups to child processes (worker.py) started with 'spawn' and KERAS_BACKEND=jax: one, or
+one per core for large groups (XLA runs a small model's steps on one core), each with its share of
+every group. The trials they finish are finished for the loop too; anything else (a group that could
+not be one program, a trial a child could not finish) is left to the loop, one trial at a time.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 
 from ..errors import ConfigError
 from ..runfolder import FINISHED, read_status
 from ..trials import refresh
+from ..workers import STOP_GRACE_SECONDS  # a stopped child's time to record its trials as interrupted
 from .grouping import (Group, ModelShape, check_vectorisable, differing_keys, plan_groups, require_one_group,
                        sequential_seconds, shape_key, trial_blocker, worth_vectorizing)
 
-# The share of the memory available now that one vectorised program may plan to use.
+# The share of the memory available now that the vectorised programs may plan to use.
 MEMORY_SHARE = 0.5
-STOP_GRACE_SECONDS = 60.0  # a stopped child's time to record its trials as interrupted
+MIN_LANE_TRIALS = 4  # trials per JAX process that repay starting one more
 
 
 def model_shape(model) -> ModelShape:
@@ -162,8 +165,17 @@ def dry_run_groups(cfg, trials: list, shapes: dict) -> tuple[dict, list[str]]:
     return labels, lines
 
 
+def lane_count(groups: list[Group]) -> int:
+    """JAX processes to split the groups over. XLA runs a small model's steps on one core, so a second
+    process with half of each group's trials uses a second core; each needs MIN_LANE_TRIALS trials to
+    repay its start (importing JAX, compiling)."""
+    from ..workers import available_cores
+
+    return max(1, min(available_cores(), min(len(g.trials) for g in groups) // MIN_LANE_TRIALS))
+
+
 def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log) -> list[str]:
-    """Train the sweep's vectorisable groups in a JAX child process; returns the trial ids it finished.
+    """Train the sweep's vectorisable groups in JAX child processes; returns the trial ids they finished.
 
     A ConfigError (sweep.vectorize true and a key that prevents it) is raised before anything is written."""
     def say(line: str) -> None:
@@ -173,7 +185,7 @@ def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float,
     groups, shapes = candidate_groups(cfg, pending, say)
     if not groups:
         return []
-    child = Child(device)  # starts JAX while this process looks at the data
+    lanes = Lanes(device, lane_count(groups))  # they start JAX while this process looks at the data
     try:
         datasets = {}
         if cfg.sweep.vectorize == "auto":
@@ -181,81 +193,113 @@ def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float,
 
             groups, datasets = worth_it(groups, shapes, device == "cpu" or not current().gpus(), say)
         if not groups:
-            child.cancel()
+            lanes.cancel()
             return []
+        n = lanes.keep(lane_count(groups))
         for i, g in enumerate(groups, 1):
             say(f"vectorize: group {i}/{len(groups)}: {len(g.trials)} trials differing in "
-                f"{', '.join(g.keys) or 'nothing'} train as one JAX program")
+                f"{', '.join(g.keys) or 'nothing'} train as one JAX program" + (f" in each of {n} processes" if n > 1 else ""))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        job = {"sweep_dir": str(sweep_dir.absolute()), "stale_after": stale_after,
-               "budget_bytes": available_bytes() * MEMORY_SHARE, "max_size": cfg.sweep.vectorize_max,
-               "groups": [{"label": f"{i}/{len(groups)}", "trials": g.trials} for i, g in enumerate(groups, 1)]}
-        return child.run(job, datasets, say)
-    except KeyboardInterrupt:  # the child recorded its trials as interrupted: the manifest says so too
-        child.cancel()
+        jobs = [{"sweep_dir": str(sweep_dir.absolute()), "stale_after": stale_after,
+                 "budget_bytes": available_bytes() * MEMORY_SHARE / n, "max_size": cfg.sweep.vectorize_max,
+                 "groups": [{"label": f"{i}/{len(groups)}", "lane": f"{k + 1}/{n}", "trials": g.trials[k::n]}
+                            for i, g in enumerate(groups, 1)]}
+                for k in range(n)]
+        return lanes.run(jobs, datasets, say)
+    except KeyboardInterrupt:  # the children recorded their trials as interrupted: the manifest says so too
+        lanes.cancel()
         if sweep_dir.is_dir():
             refresh(cfg, trials, sweep_dir)
         raise
     except BaseException:
-        child.cancel()
+        lanes.cancel()
         raise
 
 
-class Child:
-    """The JAX process (worker.worker_main), started with 'spawn' and KERAS_BACKEND=jax."""
+class Lanes:
+    """The JAX processes (worker.worker_main), started with 'spawn' and KERAS_BACKEND=jax."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, count: int):
         from ..workers import _environ
         from .worker import worker_main
 
         ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_main, args=(child, os.getpid(), device), name="expkit-vectorize",
-                                daemon=True)
-        with _environ({"KERAS_BACKEND": "jax"}):
-            self.proc.start()
-        child.close()
+        self.procs, self.conns = [], []
+        for k in range(count):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, os.getpid(), device), daemon=True,
+                               name=f"expkit-vectorize-{k + 1}")
+            with _environ({"KERAS_BACKEND": "jax"}):
+                proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(conn)
+
+    def keep(self, count: int) -> int:
+        """Stop the processes beyond `count` (when fewer groups remain); returns how many are kept."""
+        count = min(count, len(self.procs))
+        self._stop(self.procs[count:], self.conns[count:])
+        self.procs, self.conns = self.procs[:count], self.conns[:count]
+        return count
 
     def cancel(self) -> None:
-        if self.proc.is_alive():
-            self.proc.terminate()
-        self.proc.join(timeout=10)
-        self.conn.close()
+        self._stop(self.procs, self.conns)
 
-    def run(self, job: dict, datasets: dict, say) -> list[str]:
-        """Hand over the job and relay the child's lines until it reports the trials it finished."""
+    @staticmethod
+    def _stop(procs, conns) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc, conn in zip(procs, conns):
+            proc.join(timeout=10)
+            conn.close()
+
+    def run(self, jobs: list[dict], datasets: dict, say) -> list[str]:
+        """Hand each process its job and relay their lines until each reports the trials it finished."""
         try:
-            self.conn.send(("job", job, datasets))
+            sends = [threading.Thread(target=conn.send, args=(("job", job, datasets),), daemon=True)
+                     for conn, job in zip(self.conns, jobs)]  # the datasets go to every process at once
+            for send in sends:
+                send.start()
+            for send in sends:
+                send.join()
             finished = self._listen(say)
         except KeyboardInterrupt:
-            self.proc.terminate()  # SIGTERM, once: the child records its trials as interrupted
+            for proc in self.procs:
+                proc.terminate()  # SIGTERM, once: each records its trials as interrupted
             try:
                 self._listen(say, timeout=STOP_GRACE_SECONDS)
             finally:
-                if self.proc.is_alive():
-                    self.proc.kill()
+                for proc in self.procs:
+                    if proc.is_alive():
+                        proc.kill()
             raise
         finally:
-            self.proc.join(timeout=10)
-            self.conn.close()
-        if self.proc.exitcode not in (0, None):
-            say(f"vectorize: the JAX process ended with exit status {self.proc.exitcode}; its unfinished trials "
-                "run one at a time")
+            self._stop(self.procs, self.conns)
+        for proc in self.procs:
+            if proc.exitcode not in (0, None):
+                say(f"vectorize: a JAX process ended with exit status {proc.exitcode}; its unfinished trials run one "
+                    "at a time")
         return finished
 
     def _listen(self, say, timeout: float | None = None) -> list[str]:
+        from multiprocessing.connection import wait
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                if not self.conn.poll(0.5):
-                    if not self.proc.is_alive():
-                        return []
+        open_conns, finished = list(self.conns), []
+        while open_conns and (deadline is None or time.monotonic() < deadline):
+            ready = wait(open_conns, timeout=0.5)
+            if not ready and not any(p.is_alive() for p in self.procs):
+                break
+            for conn in ready:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    open_conns.remove(conn)
                     continue
-                msg = self.conn.recv()
-            except (EOFError, OSError):
-                return []
-            if msg[0] == "log":
-                say(msg[1])
-            elif msg[0] == "finished":
-                return list(msg[1])
-        return []
+                if msg[0] == "log":
+                    say(msg[1])
+                elif msg[0] == "finished":
+                    finished += msg[1]
+                    open_conns.remove(conn)
+        return finished

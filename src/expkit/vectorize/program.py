@@ -159,7 +159,8 @@ class Program:
     `train` runs steps for every trial (scanned over batches), `evaluate` the test step over an
     evaluation set. Each is compiled once per argument shape, ahead of time in `compile` where the
     shapes are known: XLA compiles without holding the GIL, so two threads halve the wait, and the
-    programs that run once per epoch (the last, shorter batch; evaluation) skip XLA's slower passes."""
+    small programs (the last, shorter batch; evaluation) may skip XLA's slower passes. Without `scan`
+    (a model that convolves, on a CPU) each batch is one compiled call instead of a step of a loop."""
 
     def __init__(self, model, sites: list[KnobSite], *, scan: bool = True):
         self.model = model
@@ -168,7 +169,7 @@ class Program:
         self.knob_values = tuple(jnp.asarray(np.array(s.values, dtype=np.float32 if any(
             isinstance(v, float) for v in s.values) else np.int32)) for s in sites)
         self._jitted = {"train": jax.jit(self._train_run if scan else self._train_step, donate_argnums=(0,)),
-                        "eval": jax.jit(self._eval_run)}
+                        "eval": jax.jit(self._eval_run if scan else self._eval_step)}
         self._compiled: dict = {}
 
     @contextlib.contextmanager
@@ -224,17 +225,19 @@ class Program:
 
         return lax.scan(body, carry, batches)[0]
 
-    def _eval_run(self, state, logs, x_pool, y_pool, pool_index, batches, knobs):
-        vstep = jax.vmap(self._test_one)
+    def _eval_step(self, carry, x_pool, y_pool, pool_index, idx, knobs):
+        """One evaluation batch for every trial: idx (batch,) indexes each trial's evaluation set."""
+        state, _ = carry
+        x = x_pool[pool_index[:, None], idx[None, :]]
+        y = y_pool[pool_index[:, None], idx[None, :]]
+        new_logs, new_state = jax.vmap(self._test_one)(state, x, y, knobs)
+        return new_state, new_logs
 
+    def _eval_run(self, carry, x_pool, y_pool, pool_index, batches, knobs):
         def body(carry, idx):
-            state, _ = carry
-            x = x_pool[pool_index[:, None], idx[None, :]]
-            y = y_pool[pool_index[:, None], idx[None, :]]
-            new_logs, new_state = vstep(state, x, y, knobs)
-            return (new_state, new_logs), None
+            return self._eval_step(carry, x_pool, y_pool, pool_index, idx, knobs), None
 
-        return lax.scan(body, (state, logs), batches)[0]
+        return lax.scan(body, carry, batches)[0]
 
     @staticmethod
     def _key(kind: str, args) -> tuple:
@@ -265,21 +268,24 @@ class Program:
         fn = self._compiled.get(self._key(kind, args))
         return (fn or self._jitted[kind])(*args)
 
+    def _run(self, kind: str, carry, *args, batches):
+        """The scan over `batches`, or, without one, a compiled step per batch."""
+        if self.scan:
+            return self._call(kind, carry, *args, batches)
+        for idx in batches:
+            carry = self._call(kind, carry, *args, idx)
+        return carry
+
+    def args(self, kind: str, carry, *args, batches) -> tuple:
+        """The arguments `kind` compiles for, for Program.compile."""
+        return (carry, *args, batches if self.scan else batches[0])
+
     def train(self, state, logs, diverged, active, x_pool, y_pool, pool_index, batches):
         """Run `batches` (steps, trials, batch) for every active trial that has not diverged; a trial
         whose running loss turns non-finite stops updating after that step."""
-        carry = (state, logs, diverged)
-        if self.scan:
-            return self._call("train", carry, active, x_pool, y_pool, pool_index, batches)
-        for idx in batches:
-            carry = self._call("train", carry, active, x_pool, y_pool, pool_index, idx)
-        return carry
-
-    def train_args(self, state, logs, diverged, active, x_pool, y_pool, pool_index, batches) -> tuple:
-        """The arguments `train` compiles for, for Program.compile."""
-        return (state, logs, diverged), active, x_pool, y_pool, pool_index, batches if self.scan else batches[0]
+        return self._run("train", (state, logs, diverged), active, x_pool, y_pool, pool_index, batches=batches)
 
     def evaluate(self, state, logs, x_pool, y_pool, pool_index, batches):
         """(state, logs) after `batches` (steps, batch) of every trial's evaluation set: the logs hold the
         mean loss and metrics over every batch since the metrics in `state` were zero."""
-        return self._call("eval", state, logs, x_pool, y_pool, pool_index, batches)
+        return self._run("eval", (state, logs), x_pool, y_pool, pool_index, batches=batches)

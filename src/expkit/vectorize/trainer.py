@@ -36,6 +36,7 @@ class Member:
     view: object = None
     active: bool = True            # still training (not stopped early, diverged or taken over)
     lost: str | None = None        # why this process stopped writing the trial (its claim was taken over)
+    index: int = 0                 # its place in the group's stacked state
 
 
 class TrialView:
@@ -136,8 +137,12 @@ class GroupTrainer:
     """Trains the members of one chunk together; fills each member's TrainResult as epochs finish."""
 
     def __init__(self, members: list[Member], models: list, datasets: list):
+        """`datasets`: the chunk's distinct datasets (one per seed), each member's at `member.pool`."""
         cfg = members[0].cfg
         self.members = members
+        for i, member in enumerate(members):
+            member.index = i
+        self.pool_index = jnp.asarray([m.pool for m in members], dtype=jnp.int32)
         self.template = models[0]
         self.program = Program(self.template, find_knobs(models), scan=not convolutions_on_cpu(self.template))
         self.state = stack([state_of(m) for m in models])
@@ -153,12 +158,12 @@ class GroupTrainer:
         has_test = datasets[0].x_test is not None and len(datasets[0].x_test) > 0
         self.x_test = _pools(datasets, "x_test") if has_test else None
         self.y_test = _pools(datasets, "y_test") if has_test else None
-        self.pool_index = jnp.asarray([m.pool for m in members], dtype=jnp.int32)
         self.n_train = len(datasets[0].x_train)
         self.batch = cfg.train.batch_size
-        self.eval_batch = eval_batch_size(cfg)
-        probe = jnp.zeros((len(members), 1), jnp.int32)
-        x0, y0 = self.x_train[self.pool_index[:, None], probe], self.y_train[self.pool_index[:, None], probe]
+        self.eval_batch = eval_batch_size(cfg, (self.x_val.shape[1], 0 if self.x_test is None else self.x_test.shape[1]))
+        self.test_each_epoch = cfg.train.test_each_epoch and self.x_test is not None
+        first = jnp.zeros((len(members), 1), jnp.int32)
+        x0, y0 = self.x_train[self.pool_index[:, None], first], self.y_train[self.pool_index[:, None], first]
         self.train_logs0, self.test_logs0 = self.program.zero_logs(self.state, x0, y0)
         started = time.perf_counter()
         self._compile()
@@ -227,13 +232,14 @@ class GroupTrainer:
             return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
         flags = jnp.zeros(len(self.members), bool)
-        common = (self.pool_index,)
-        jobs = [("train", spec(self.program.train_args(self.state, self.train_logs0, flags, flags, self.x_train,
-                                                        self.y_train, *common, b)), i == 0)
+        convolving = not self.program.scan  # then every program is worth XLA's full optimisation
+        jobs = [("train", spec(self.program.args("train", (self.state, self.train_logs0, flags), flags, self.x_train,
+                                                 self.y_train, self.pool_index, batches=b)), i == 0 or convolving)
                 for i, b in enumerate(self._train_batches(0))]
         for x, y in ((self.x_val, self.y_val), (self.x_test, self.y_test)):
             if x is not None and x.shape[1]:
-                jobs += [("eval", spec((self._eval_state(), self.test_logs0, x, y, *common, b)), False)
+                jobs += [("eval", spec(self.program.args("eval", (self._eval_state(), self.test_logs0), x, y,
+                                                         self.pool_index, batches=b)), convolving)
                          for b in self._eval_batches(x.shape[1])]
         self.program.compile(jobs)
 
@@ -269,11 +275,13 @@ class GroupTrainer:
             self.state = state
             logs = jax.device_get(logs)
             val = self._evaluate(self.x_val, self.y_val) if self.x_val.shape[1] else {}
+            test = self._evaluate(self.x_test, self.y_test) if self.test_each_epoch else {}
             for i, m in enumerate(self.members):
                 if not m.active:
                     continue
                 row = {k: float(v[i]) for k, v in logs.items()}
                 row.update({f"val_{k}": float(v[i]) for k, v in val.items()})
+                row.update({f"test_{k}": float(v[i]) for k, v in test.items()})  # train.test_each_epoch
                 for cb in m.callbacks:
                     cb.on_epoch_end(epoch, row)
                 m.active = not m.view.stop_training

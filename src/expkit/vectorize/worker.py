@@ -70,15 +70,20 @@ class Datasets:
 class GroupRun:
     """One group: its claims, its chunks, the run folders of its trials."""
 
-    def __init__(self, label: str, trials: list, job: dict, datasets: Datasets, device_name: str, say):
-        self.label, self.trials, self.job, self.device_name, self.say = label, trials, job, device_name, say
+    def __init__(self, group: dict, job: dict, datasets: Datasets, device_name: str, say):
+        self.label, self.lane, self.trials = group["label"], group["lane"], group["trials"]
+        self.job, self.device_name, self.say = job, device_name, say
         self.datasets = datasets
         self.sweep_dir = Path(job["sweep_dir"])
         self.stale_after = job["stale_after"]
         self.claims: dict[str, Claim] = {}
 
+    @property
+    def where(self) -> str:
+        return f"[vectorised {self.label}" + ("]" if self.lane == "1/1" else f" lane {self.lane}]")
+
     def head(self, trial) -> str:
-        return f"[vectorised {self.label}] {trial.label()} seed={trial.seed} ({trial.id})"
+        return f"{self.where} {trial.label()} seed={trial.seed} ({trial.id})"
 
     def claim(self) -> list:
         for t in self.trials:
@@ -117,14 +122,15 @@ class GroupRun:
             dataset = datasets.get(first)
             model = build_member_model(first, dataset, self._steps(first, dataset))
             per_seed = dataset_bytes(dataset) if len({t.seed for t in members}) > 1 else 0
-            per_trial = footprint_bytes(model, first.train.batch_size, eval_batch_size(first)) + per_seed
+            n_eval = (len(dataset.x_val), 0 if dataset.x_test is None else len(dataset.x_test))
+            per_trial = footprint_bytes(model, first.train.batch_size, eval_batch_size(first, n_eval)) + per_seed
             del model
             shared, budget, most = dataset_bytes(dataset), self.job["budget_bytes"], self.job["max_size"]
             parts = chunk(members, per_trial, shared, budget, most)
             if len(parts) > 1:
                 fits = room(per_trial, shared, budget)
                 why = f"sweep.vectorize_max is {most}" if most and most <= fits else f"memory for {fits}"
-                self.say(f"[vectorised {self.label}] {len(members)} trials in {len(parts)} programs of at most "
+                self.say(f"{self.where} {len(members)} trials in {len(parts)} programs of at most "
                          f"{max(map(len, parts))} ({why})")
             for k, part in enumerate(parts, 1):
                 datasets.keep([t.config for t in part])
@@ -150,17 +156,17 @@ class GroupRun:
         try:
             trainer = GroupTrainer(members, models, pools)
         except NotVectorizable as exc:  # Keras wraps it in its own banner: its first line says why
-            self.say(f"[vectorised {self.label}] cannot train as one program: {_first_line(exc)}; its trials run "
+            self.say(f"{self.where} cannot train as one program: {_first_line(exc)}; its trials run "
                      "one at a time")
             self.release(trials)
             return []
-        program = {"group": self.label, "chunk": chunk, "trials": len(members),
+        program = {"group": self.label, "lane": self.lane, "chunk": chunk, "trials": len(members),
                    "compile_seconds": round(trainer.compile_seconds, 3)}
         started = [self.open_folder(m, model, datasets.get_with_files(m.cfg), summary_text(model), program)
                    for m, model in zip(members, models)]
         del models
         names = ", ".join(sorted({k for t in trials for k in t.values})) or "seed"
-        self.say(f"[vectorised {self.label}] {len(trials)} trials as one JAX program ({names} per trial)")
+        self.say(f"{self.where} {len(trials)} trials as one JAX program ({names} per trial)")
         try:
             with Heartbeat(lambda: self.beat(started)):
                 trainer.fit()
@@ -171,7 +177,7 @@ class GroupRun:
         except Exception as exc:  # a bug or a resource limit: the trials are recorded failed, the sweep retries them
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             self.close(started, FAILED, error)
-            self.say(f"[vectorised {self.label}] failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            self.say(f"{self.where} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             return []
         self.close(started, trainer=trainer)
         return [m.trial.id for m, *_ in started if read_status(self.sweep_dir / m.trial.id) in FINISHED]
@@ -228,14 +234,14 @@ class GroupRun:
         from ..checkpoint import save_model
         from ..runner import _finish
 
-        for i, (member, folder, record) in enumerate(started):
+        for member, folder, record in started:
             if member.lost is not None:
                 self.say(f"{self.head(member.trial)}: {member.lost}")
                 continue
             final = status or (DIVERGED if member.result.diverged else DONE)
             try:
                 if final == DONE and member.cfg.train.save_model:
-                    save_model(trainer.model_of(i), folder.path)
+                    save_model(trainer.model_of(member.index), folder.path)
                 _finish(folder, record, member.result, final, error)
             except (OSError, ClaimLost) as exc:
                 self.say(f"{self.head(member.trial)}: could not write its run folder: {exc}")
@@ -284,7 +290,7 @@ def worker_main(conn, parent_pid: int, device: str) -> None:
         _, job, loaded = message
         datasets = Datasets(loaded)
         for group in job["groups"]:
-            finished += GroupRun(group["label"], group["trials"], job, datasets, device_name, say).run()
+            finished += GroupRun(group, job, datasets, device_name, say).run()
     except (KeyboardInterrupt, EOFError, BrokenPipeError):  # stopped, or the parent is gone
         pass
     except Exception as exc:  # reported; the parent's loop trains whatever is left, one at a time
