@@ -332,3 +332,26 @@ def test_sigterm_records_the_groups_finished_epochs_and_exits_143(tiny_config, t
         assert record.status == "interrupted" and record.epochs_run >= 1
         assert len(read_metrics(folder)) == record.epochs_run
     assert list((sweep_dir / ".claims").iterdir()) == []
+
+
+@needs_jax
+def test_the_jax_processes_end_quietly_after_a_group_and_after_a_failed_check(tiny_config, tmp_path):
+    """`vectorize: true` starts the JAX processes before the sweep's checks: a finished group ends them
+    without noise, and a mistake the checks find stops them, with one line and exit 2."""
+    good = {**tiny_config, "name": "vok", "train": {**tiny_config["train"], "epochs": 1},
+            "sweep": {"grid": {"train.learning_rate": [0.1, 0.01]}, "vectorize": True}}
+    bad = {**good, "name": "vbad", "train": {**good["train"], "metrics": ["accuracy", "no_such_metric"]}}
+    outs = {}
+    for cfg in (good, bad):
+        path = tmp_path / f"{cfg['name']}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        outs[cfg["name"]] = subprocess.run([sys.executable, "-m", "expkit.cli", "run", str(path), "--runs-dir",
+                                            str(tmp_path / "runs")], env=ENV, capture_output=True, text=True, timeout=300)
+    ok = outs["vok"]
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "2 trials as one JAX program" in ok.stderr
+    assert not any(word in ok.stderr for word in ("Traceback", "Terminated", "exit status")), ok.stderr[-3000:]
+    failed = outs["vbad"]
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert failed.stderr.count("\n") == 1 and "no_such_metric" in failed.stderr
+    assert not (tmp_path / "runs" / "vbad").exists()

@@ -10,6 +10,7 @@ not be one program, a trial a child could not finish) is left to the loop, one t
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
@@ -25,6 +26,9 @@ from .grouping import (Group, ModelShape, check_vectorisable, differing_keys, pl
 # The share of the memory available now that the vectorised programs may plan to use.
 MEMORY_SHARE = 0.5
 MIN_LANE_TRIALS = 4  # trials per JAX process that repay starting one more
+# `auto` starts the JAX processes early (start_lanes) only for built-in datasets this large or larger.
+LARGE_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+LARGE = 10_000
 
 
 def model_shape(model) -> ModelShape:
@@ -174,18 +178,49 @@ def lane_count(groups: list[Group]) -> int:
     return max(1, min(available_cores(), min(len(g.trials) for g in groups) // MIN_LANE_TRIALS))
 
 
-def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log) -> list[str]:
+def _convolves(cfg) -> bool:
+    """Whether the config's model names a convolution (from the config alone, without building it)."""
+    return "conv" in json.dumps(cfg.to_dict().get("model", {}), default=str).lower()
+
+
+def start_lanes(cfg, trials: list, sweep_dir, *, device: str, stale_after: float) -> Lanes | None:
+    """Start the JAX processes before the sweep's own checks when the config alone says that a group will
+    probably train vectorised, so that they import JAX while this process imports its backend and builds
+    the trials' models; run_groups takes them over (and stops them if no group comes of it)."""
+    mode = cfg.sweep.vectorize
+    if mode is False or not jax_installed():
+        return None
+    pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
+    pending = [t for t in pending if trial_blocker(cfg, t) is None]
+    if len(pending) < 2:
+        return None
+    if mode == "auto" and (cfg.data.dataset not in LARGE_DATASETS or (cfg.data.limit or LARGE) < LARGE
+                           or (_convolves(cfg) and device != "gpu")):
+        return None  # `auto` decides with the data and the devices: the processes start then, if at all
+    return Lanes(device, lane_count([Group(pending, ())]))
+
+
+def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log,
+               lanes: Lanes | None = None) -> list[str]:
     """Train the sweep's vectorisable groups in JAX child processes; returns the trial ids they finished.
+    `lanes`: processes start_lanes started, taken over here (stopped if they are not needed).
 
     A ConfigError (sweep.vectorize true and a key that prevents it) is raised before anything is written."""
     def say(line: str) -> None:
         print(line, file=log)
 
-    pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
-    groups, shapes = candidate_groups(cfg, pending, say)
+    try:
+        pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
+        groups, shapes = candidate_groups(cfg, pending, say)
+    except BaseException:
+        if lanes is not None:
+            lanes.cancel()
+        raise
     if not groups:
+        if lanes is not None:
+            lanes.cancel()
         return []
-    lanes = Lanes(device, lane_count(groups))  # they start JAX while this process looks at the data
+    lanes = lanes or Lanes(device, lane_count(groups))  # they start JAX while this process looks at the data
     try:
         datasets = {}
         if cfg.sweep.vectorize == "auto":
@@ -246,7 +281,11 @@ class Lanes:
         self._stop(self.procs, self.conns)
 
     @staticmethod
-    def _stop(procs, conns) -> None:
+    def _stop(procs, conns, grace: float = 0.0) -> None:
+        """End the processes: those still running after `grace` seconds are sent SIGTERM."""
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -275,7 +314,7 @@ class Lanes:
                         proc.kill()
             raise
         finally:
-            self._stop(self.procs, self.conns)
+            self._stop(self.procs, self.conns, grace=10.0)  # each exits by itself once it has reported
         for proc in self.procs:
             if proc.exitcode not in (0, None):
                 say(f"vectorize: a JAX process ended with exit status {proc.exitcode}; its unfinished trials run one "

@@ -305,3 +305,8 @@ def worker_main(conn, parent_pid: int, device: str) -> None:
             conn.close()
         except OSError:
             pass
+    # Every record is written and reported: end here, without JAX's exit-time teardown (a second of
+    # clearing caches, during which the parent's SIGTERM would land in an atexit hook).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
