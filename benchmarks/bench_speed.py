@@ -8,7 +8,10 @@ alternate (plain first in odd repeats, expkit first in even ones) so that drift 
 on both sides. Both sides get the same arrays (expkit's loader, saved once to a temporary .npz) and time
 only `model.fit`, whose first epoch includes tracing and compiling on both sides. Printed per backend and
 model: samples per second (training examples x epochs / fit seconds), fit seconds and best validation
-accuracy, medians over the repeats, then the expkit/plain ratio; with several backends, expkit on the first
+accuracy, medians over the repeats, then the expkit/plain ratio, and the same ratio for expkit's first run
+alone: on JAX expkit keeps XLA's compiled programs in a persistent cache (backend.compile_cache_env), which
+starts empty for each benchmark, so that run compiled from scratch (cold) and later ones loaded the programs
+(warm), as a user's rerun of a config would; with several backends, expkit on the first
 against expkit on each other. `--precision` adds expkit runs under a mixed dtype policy, reported against
 expkit's float32 runs. The last table gives achieved training GFLOP/s (6 x forward MACs per example)
 against this machine's fp32 matrix-multiply rate, measured with one 2048x2048 matmul loop per backend.
@@ -93,7 +96,7 @@ def worker_expkit(args) -> dict:
     data = np.load(args.data)
     cfg = load_config(ROOT / "configs" / f"{args.model}.yaml", [
         f"train.epochs={args.epochs}", "train.verbose=0", f"seed={args.seed}", f"train.precision={args.precision}",
-        f"backend={os.environ['KERAS_BACKEND']}"])
+        f"backend={os.environ['KERAS_BACKEND']}", *[o for o in (args.expkit_set or "").split(";") if o]])
     dataset = Dataset(data["x_train"], data["y_train"], data["x_val"], data["y_val"], None, None,
                       [str(i) for i in range(data["y_train"].shape[1])])
     with tempfile.TemporaryDirectory() as runs:
@@ -167,12 +170,12 @@ WORKERS = {"plain": worker_plain, "expkit": worker_expkit, "matmul": worker_matm
 # --- the driver ---------------------------------------------------------------------------------------
 
 
-def spawn(kind: str, backend: str, **options) -> dict:
+def spawn(kind: str, backend: str, env: dict | None = None, **options) -> dict:
     """One worker in a fresh interpreter whose Keras runs on `backend` (set before Keras is imported)."""
     cmd = [sys.executable, __file__, "--worker", kind]
     for key, value in options.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"{kind} worker failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -228,6 +231,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N training examples")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--precision", default="mixed_bfloat16", help="comma-separated mixed policies to add; '' for none")
+    parser.add_argument("--expkit-set", default="", help="overrides for the expkit side, ';'-separated, e.g. "
+                        "'train.steps_per_execution=1' (printed with the results)")
     # worker-only options
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("--model")
@@ -253,12 +258,17 @@ def main(argv=None) -> int:
         rates[backend] = spawn("matmul", backend)
         print(f"{backend} matmul 2048x2048: fp32 {rates[backend]['float32']:.1f} GFLOP/s, "
               f"bf16 {rates[backend]['bfloat16']:.1f} GFLOP/s")
+    if args.expkit_set:
+        print(f"expkit side with: {args.expkit_set}")
     print(f"data: {dataset}{f' (first {args.limit})' if args.limit else ''}; seed {args.seed}; "
           f"{args.repeats} alternating repeats per side\n")
 
     # results[model][backend][side] -> runs
     results: dict[str, dict[str, dict[str, list[dict]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # expkit's JAX compilation cache starts empty here: each model's first expkit run per backend and
+        # precision compiles from scratch (cold), the later ones load the programs (warm), as a rerun would
+        cache = {"EXPKIT_COMPILE_CACHE": str(Path(tmp) / "xla")}
         for model in models:
             data = prepare_data(model, dataset, args.limit, args.seed, Path(tmp))
             results[model] = {b: {"plain": [], "expkit": [], **{p: [] for p in precisions}} for b in backends}
@@ -268,24 +278,29 @@ def main(argv=None) -> int:
                     for side in order + precisions:
                         kind = "plain" if side == "plain" else "expkit"
                         precision = side if side in precisions else "float32"
-                        run = spawn(kind, backend, model=model, data=data, epochs_n=epochs[model], seed=args.seed,
-                                    precision=precision)
+                        extra = {"expkit_set": args.expkit_set} if kind == "expkit" and args.expkit_set else {}
+                        run = spawn(kind, backend, env=cache, model=model, data=data, epochs_n=epochs[model],
+                                    seed=args.seed, precision=precision, **extra)
+                        run["cache"] = ("warm" if results[model][backend][side] else "cold") if kind == "expkit" else ""
                         results[model][backend][side].append(run)
                         print(f"  {model:8} {backend:10} {side:15} repeat {r + 1}: {sps(run, epochs[model]):9.0f} "
                               f"samples/s, fit {run['fit_seconds']:7.1f} s, best val acc {run['best_val_accuracy']:.4f}, "
-                              f"epochs {' '.join(f'{t:.1f}' for t in run['epoch_seconds'])} s", flush=True)
+                              f"epochs {' '.join(f'{t:.1f}' for t in run['epoch_seconds'])} s"
+                              + (f" (compile cache {run['cache']})" if run["cache"] and backend == "jax" else ""), flush=True)
 
     devices = sorted({r["device"] for m in results.values() for b in m.values() for r in b["expkit"]})
     print(f"\ndevice: {', '.join(devices)}")
     for backend in backends:
         print(f"\nexpkit against plain Keras, both on {backend}:\n")
         print("| model | backend | epochs | train examples | plain samples/s | expkit samples/s | expkit/plain "
-              "| plain fit s | expkit fit s | plain best val acc | expkit best val acc | steps/execution |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "| expkit/plain, first run | plain fit s | expkit fit s | plain best val acc | expkit best val acc "
+              "| steps/execution |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for model in models:
             e, p, x = epochs[model], results[model][backend]["plain"], results[model][backend]["expkit"]
             ps, xs = median(sps(r, e) for r in p), median(sps(r, e) for r in x)
             print(f"| {model} | {backend} | {e} | {p[0]['n_train']} | {ps:.0f} | {xs:.0f} | **{xs / ps:.2f}** "
+                  f"| {sps(x[0], e) / ps:.2f} "
                   f"| {median(r['fit_seconds'] for r in p):.1f} | {median(r['fit_seconds'] for r in x):.1f} "
                   f"| {median(r['best_val_accuracy'] for r in p):.4f} | {median(r['best_val_accuracy'] for r in x):.4f} "
                   f"| {x[0]['steps_per_execution']} |")

@@ -4,6 +4,7 @@ Keras fixes its backend when it is imported, so a run on another backend than th
 (tests/conftest.py: EXPKIT_TEST_BACKEND, default tensorflow) happens in a fresh interpreter.
 """
 
+import csv
 import importlib.util
 import json
 import os
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from expkit.backend import BACKEND_NAMES, activate, can_run_here, cpu_model_name, default_backend, loaded_backend
+from expkit.backend import (BACKEND_NAMES, activate, can_run_here, compile_cache_env, cpu_model_name, default_backend,
+                            loaded_backend)
 from expkit.config import validate
 from expkit.errors import ConfigError
 
@@ -295,3 +297,33 @@ def test_torch_missing_is_one_clear_error(tiny_file, tmp_path):
     out = cli("run", tiny_file, "--backend", "torch", "--runs-dir", tmp_path / "runs")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "backend: the 'torch' backend needs torch, which is not installed" in out.stderr
+
+
+# --- the persistent compilation cache (JAX) -------------------------------------------------------
+
+
+def test_compile_cache_goes_under_the_user_cache_folder_unless_told_otherwise(tmp_path):
+    env = compile_cache_env({"XDG_CACHE_HOME": str(tmp_path)})
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "expkit" / "xla")
+    assert int(env["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0  # bounded, with JAX's locked eviction
+    assert compile_cache_env({"EXPKIT_COMPILE_CACHE": str(tmp_path / "c")})["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "c")
+    assert compile_cache_env({"EXPKIT_COMPILE_CACHE": "off"}) == {}
+    assert compile_cache_env({"JAX_COMPILATION_CACHE_DIR": "/elsewhere"}) == {}  # the user's own setting stands
+
+
+@needs_jax
+def test_a_rerun_on_jax_loads_its_programs_from_the_compile_cache_with_the_same_results(tiny_file, tmp_path, monkeypatch):
+    cache = tmp_path / "xla"
+    monkeypatch.setenv("EXPKIT_COMPILE_CACHE", str(cache))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # every program, however quick
+    histories, entries = [], []
+    for i in range(2):
+        out = cli("run", tiny_file, "--backend", "jax", "--runs-dir", tmp_path / f"runs{i}")
+        assert out.returncode == 0, out.stderr[-3000:]
+        folder = Path(out.stdout.strip().splitlines()[-1])
+        histories.append([{k: v for k, v in row.items() if k != "epoch_seconds"}
+                          for row in csv.DictReader((folder / "metrics.csv").open())])
+        entries.append(sorted(p.name for p in cache.glob("*-cache")))
+    assert any(name.startswith("jit_train_step") or "train" in name for name in entries[0]), entries[0]
+    assert entries[1] == entries[0]  # the rerun compiled nothing new: every program came from the cache
+    assert histories[1] == histories[0] and len(histories[0]) == 2

@@ -25,6 +25,9 @@ INSTALL_HINT = {"tensorflow": "pip install tensorflow", "jax": "pip install 'exp
 SMALL_CPU_CORES = 4
 
 
+COMPILE_CACHE_BYTES = 2 * 1024**3  # the persistent XLA cache's size on disk (JAX evicts the oldest)
+
+
 def resolve_inter_op_threads(setting, cpu_count: int | None, has_gpu: bool) -> int:
     """The inter-op thread count for `train.inter_op_threads` (0 keeps the backend's default)."""
     if setting != "auto":
@@ -264,6 +267,8 @@ class Jax(Backend):
             os.environ["JAX_PLATFORMS"] = "cpu"  # never touch the GPU, as TensorFlow's hidden devices do
         # Like TensorFlow's memory growth: several expkit processes (a sweep's workers) can share a GPU.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        for key, value in compile_cache_env().items():
+            os.environ.setdefault(key, value)
         if deterministic and JAX_DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {JAX_DETERMINISTIC_FLAG}".strip()
 
@@ -324,6 +329,26 @@ class Jax(Backend):
         import jaxlib
 
         return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
+def compile_cache_env(environ=None) -> dict[str, str]:
+    """The variables that give JAX a persistent compilation cache: a run of a model compiled before (the
+    same config again, the next trial of a sequential sweep, a resumed run) loads XLA's programs from disk
+    instead of compiling them. `$EXPKIT_COMPILE_CACHE`: a folder, or `off`; by default
+    `$XDG_CACHE_HOME/expkit/xla` (~/.cache/expkit/xla), kept under COMPILE_CACHE_BYTES by JAX's own
+    least-recently-used eviction (which locks the folder, so concurrent processes share it safely; it
+    needs the filelock package, without which the cache stays off). A JAX_COMPILATION_CACHE_DIR set by
+    the user is left as it is."""
+    environ = os.environ if environ is None else environ
+    where = environ.get("EXPKIT_COMPILE_CACHE", "")
+    if where.lower() in ("off", "0", "false", "no") or "JAX_COMPILATION_CACHE_DIR" in environ or not installed("filelock"):
+        return {}
+    if not where:
+        where = os.path.join(environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "expkit", "xla")
+    return {"JAX_COMPILATION_CACHE_DIR": where,
+            "JAX_COMPILATION_CACHE_MAX_SIZE": str(COMPILE_CACHE_BYTES),
+            # JAX caches programs that took a second or more to compile; a small model's steps take less
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
 
 
 def fuse_jax_train_steps(model, steps: int, *, convolutions_on_cpu: bool = False) -> bool:
