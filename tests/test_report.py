@@ -195,6 +195,17 @@ def test_flatten_config_dotted_keys():
 # --- comparison_table -----------------------------------------------------------------------------
 
 
+def test_a_sweep_over_seeds_alone_is_one_row_named_like_its_config(tmp_path):
+    """`sweep.seeds` without a grid: the trials are the config's own runs, so the row is `cnn2_base`, the
+    name a reference file's published row and `--difference cnn2_leaky-cnn2_base` use."""
+    sweep = write_sweep(tmp_path, [(f"t{s}", {}, s, {"best": (0.80 + s / 100, 0.82, 0.50, 0.46)}) for s in (14, 15, 16)],
+                        name="cnn2_base", keys=())
+    table = comparison_table(collect_runs([sweep]))
+    assert table["run"].tolist() == ["cnn2_base"]
+    assert table["seeds"].tolist() == [3]
+    assert table.iloc[0]["best_accuracy"] == pytest.approx(0.95)
+
+
 def test_seeds_become_one_row_with_mean_and_std(lr_sweep):
     table = comparison_table(collect_runs([lr_sweep]))
     assert table["run"].tolist() == ["sweep_lr[learning_rate=0.01]", "sweep_lr[learning_rate=10.0]",

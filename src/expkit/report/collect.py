@@ -162,7 +162,8 @@ def _sweep_rows(sweep: Path) -> list[dict]:
     for trial, old in zip(trials, earlier):
         values = _values(trial)
         shown = keys + [k for k in all_keys if old and k not in keys and k in values]
-        label = f"{name}[{','.join(f'{short[k]}={compact(values.get(k))}' for k in shown)}]"
+        # a sweep over seeds alone varies nothing else: its trials are the config's own runs, labelled by name
+        label = f"{name}[{','.join(f'{short[k]}={compact(values.get(k))}' for k in shown)}]" if shown else name
         folder = sweep / str(trial.get("id"))
         row = _run_row(folder, label=label) if folder.is_dir() else {"run": label, "path": str(folder),
                                                                       "status": PENDING}
