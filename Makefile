@@ -152,6 +152,12 @@ gpu-check-prep: install
 gpu-check-cpu: install $(VENV)/.installed-jax
 	GPU_CHECK_CPU=1 PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
+# Seed 000's variants table over three seeds on the GPU machine (benchmarks/gpu_seed000_variants.sh, .device
+# carried); here, the same script at small sizes on the CPU.
+.PHONY: gpu-seed000-variants-cpu
+gpu-seed000-variants-cpu: install $(VENV)/.installed-jax
+	GPU_CHECK_CPU=1 PYTHON=$(BIN)/python bash benchmarks/gpu_seed000_variants.sh
+
 # `make sweep-lr` with --jobs 2 against --jobs 1 and through a local Ray instance: speed ratio, same results.csv
 .PHONY: bench-parallel
 bench-parallel: install

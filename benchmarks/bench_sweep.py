@@ -5,6 +5,8 @@
 
 Studies:
   lr    configs/sweep_lr.yaml: seed 000's dense baseline at its ten learning rates, 5 epochs.
+  cnn2_lr  configs/cnn2.yaml at sweep_lr.yaml's ten learning rates, 2 epochs, first --cnn2-limit examples
+        (the GPU check's second study; XLA's CPU convolutions make it slow here).
   cnn2  configs/cnn2_dropout.yaml with the rate of all five dropout layers swept (0.1, 0.2, 0.3) x seeds
         14, 15, 16, 2 epochs, on the first --cnn2-limit training examples (CNN2 is compute-bound here).
 
@@ -41,12 +43,17 @@ def study_config(study: str, dataset: str, cnn2_limit: int, folder: Path) -> tup
     if study == "lr":
         raw = {"extends": str(ROOT / "configs" / "sweep_lr.yaml"), "name": "bench_lr", "data": {"dataset": dataset}}
         what = "dense baseline, 10 learning rates, 5 epochs"
+    elif study == "cnn2_lr":
+        raw = {"extends": str(ROOT / "configs" / "cnn2.yaml"), "name": "bench_cnn2_lr",
+               "data": {"dataset": dataset, "limit": cnn2_limit or None}, "train": {"epochs": 2},
+               "sweep": yaml.safe_load((ROOT / "configs" / "sweep_lr.yaml").read_text())["sweep"]}
+        what = f"CNN2 at sweep_lr.yaml's ten learning rates, 2 epochs, {f'first {cnn2_limit}' if cnn2_limit else 'all'} training examples"
     else:
         rates = [0.1, 0.2, 0.3]
         raw = {"extends": str(ROOT / "configs" / "cnn2_dropout.yaml"), "name": "bench_cnn2",
-               "data": {"dataset": dataset, "limit": cnn2_limit}, "train": {"epochs": 2},
+               "data": {"dataset": dataset, "limit": cnn2_limit or None}, "train": {"epochs": 2},
                "sweep": {"zip": {f"model.layers.{i}.dropout": rates for i in DROPOUT_LAYERS}, "seeds": [14, 15, 16]}}
-        what = f"CNN2 with dropout 0.1/0.2/0.3 x seeds 14/15/16, 2 epochs, first {cnn2_limit} training examples"
+        what = f"CNN2 with dropout 0.1/0.2/0.3 x seeds 14/15/16, 2 epochs, {f'first {cnn2_limit}' if cnn2_limit else 'all'} training examples"
     path = folder / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path, what
@@ -64,7 +71,9 @@ def run_side(path: Path, runs: Path, *, vectorize: bool, backend: str | None) ->
            "--set", f"sweep.vectorize={'true' if vectorize else 'false'}"]
     if backend:
         cmd += ["--backend", backend]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # each side starts with an empty JAX compilation cache: its first trial compiles, as on a first run
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "EXPKIT_COMPILE_CACHE": str(runs / "xla")}
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -87,10 +96,10 @@ def run_side(path: Path, runs: Path, *, vectorize: bool, backend: str | None) ->
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", default="lr,cnn2")
+    parser.add_argument("--studies", default="lr,cnn2", help="lr, cnn2, cnn2_lr (comma-separated)")
     parser.add_argument("--sequential", default="tensorflow,jax", help="backends of the one-at-a-time sides")
     parser.add_argument("--dataset", default="auto", help="fashion_mnist, fashion_mnist_sample or auto (full set if installed)")
-    parser.add_argument("--cnn2-limit", type=int, default=1000, help="cnn2 study: first N training examples")
+    parser.add_argument("--cnn2-limit", type=int, default=1000, help="cnn2 studies: first N training examples (0: all)")
     args = parser.parse_args(argv)
     dataset = args.dataset
     if dataset == "auto":

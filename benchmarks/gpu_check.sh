@@ -18,54 +18,30 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXX)}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+source benchmarks/device_env.sh  # PY, MODE, DEVICE, OUT, install_wheels, step
 LOG=$OUT/gpu_check.log
 exec > >(tee -a "$LOG") 2>&1
-export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax EXPKIT_OFFLINE=1
 
-if [ -n "${GPU_CHECK_CPU:-}" ]; then
-  MODE=cpu DEVICE=cpu
+if [ "$MODE" = cpu ]; then
   DATA=(--set data.dataset=fashion_mnist_sample --set data.limit=1500)
   EPOCHS=(--set train.epochs=1)
   BENCH=(--dataset fashion_mnist_sample --limit 1500 --models baseline,cnn2 --epochs baseline=2,cnn2=1)
   TESTS=(tests/test_backend.py)
   LIMITS=(300 240 300)  # seconds: tests, the three runs, bench (a small shared CPU: no 8-minute bound)
 else
-  MODE=gpu DEVICE=gpu
-  export EXPKIT_DATA=$ROOT/.device/data
   DATA=(--set data.dataset=fashion_mnist)
   EPOCHS=(--set train.epochs=3)
   BENCH=(--dataset fashion_mnist --models baseline,cnn2 --epochs baseline=5,cnn2=2)
   TESTS=(tests/test_backend.py tests/test_runner.py tests/test_train.py)
   LIMITS=(180 75 190)  # with install and start-up, at most 8 minutes
 fi
-declare -A STATUS
-
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, record its exit status
-  local name=$1 limit=$2
-  shift 2
-  echo
-  echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
-  local start=$SECONDS
-  timeout --signal=TERM --kill-after=10 "$limit" "$@"
-  local rc=$?
-  STATUS[$name]="rc $rc, $((SECONDS - start)) s"
-  echo "=== $name: exit $rc after $((SECONDS - start)) s"
-  return $rc
-}
 
 echo "gpu_check: mode $MODE, output in $OUT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 if [ "$MODE" = gpu ]; then
-  ls .device/wheels/*.whl >/dev/null 2>&1 || { echo "no .device/wheels: run 'make gpu-check-prep' here and carry .device"; exit 2; }
-  step install 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .device/wheels/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$ROOT/src
+  install_wheels || exit 1
 else
-  export PYTHONPATH=$ROOT/src
   ls .device/wheels/*.whl 2>/dev/null | sed 's/^/carried wheel (not installed on CPU): /'
 fi
 
