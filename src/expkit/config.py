@@ -115,10 +115,13 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when the monitored metric stops improving; none trains every epoch.")
     shuffle: bool = Field(True, description="Shuffle the training batches every epoch.")
-    deterministic: bool = Field(False, description="Make TensorFlow ops deterministic (slower, bit-for-bit repeatable).")
+    deterministic: bool = Field(
+        False, description="Bit-for-bit repeatable ops (slower): TensorFlow's op determinism; JAX: XLA's "
+        "deterministic GPU ops (a CPU already is); PyTorch: torch.use_deterministic_algorithms.")
     inter_op_threads: Union[int, Literal["auto"]] = Field(
-        "auto", description="TensorFlow threads that run independent ops side by side (0: TensorFlow's default). "
-        "auto: 1 on a CPU-only machine of at most 4 cores, where each op already uses every core; 0 otherwise.",
+        "auto", description="Threads that run independent ops side by side, on TensorFlow and PyTorch (0: the "
+        "backend's default); auto: 1 on a CPU-only machine of at most 4 cores, where each op already uses every "
+        "core, 0 otherwise. JAX has none (XLA schedules ops itself): auto only.",
     )
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32", description="Keras dtype policy; mixed_float16 is for GPUs and uses loss scaling."
