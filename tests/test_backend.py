@@ -1,4 +1,4 @@
-"""backend.py: choosing the Keras backend before Keras is imported, and real tiny runs on JAX.
+"""backend/: choosing the Keras backend before Keras is imported, and real tiny runs on JAX.
 
 Keras fixes its backend when it is imported, so a run on another backend than this test process's
 (tests/conftest.py: EXPKIT_TEST_BACKEND, default tensorflow) happens in a fresh interpreter.
@@ -127,9 +127,10 @@ def test_activating_another_backend_after_keras_was_imported_is_a_clear_error(ti
 
 def test_tf_data_without_tensorflow_is_one_clear_error(tiny_config, monkeypatch):
     import expkit.backend as backend_mod
+    import expkit.backend.base as base_mod
 
-    real = backend_mod.installed
-    monkeypatch.setattr(backend_mod, "installed", lambda module: module != "tensorflow" and real(module))
+    real = base_mod.installed
+    monkeypatch.setattr(base_mod, "installed", lambda module: module != "tensorflow" and real(module))
     cfg = validate({**tiny_config, "train": {**tiny_config["train"], "input_pipeline": "tf_data"}})
     with pytest.raises(ConfigError) as info:
         backend_mod.current().check_config(cfg)
@@ -233,12 +234,12 @@ def test_jax_fuses_several_steps_into_one_call_with_the_same_metrics(layers, con
     Convolutions are fused on GPUs only (slow inside a loop on XLA's CPU backend); forced here to check their math."""
     import keras
 
-    import expkit.backend as backend_mod
+    import expkit.backend.jax as jax_backend
     from expkit.runner import prepare
     from expkit.train import train
 
-    fuse = backend_mod.fuse_jax_train_steps
-    monkeypatch.setattr(backend_mod, "fuse_jax_train_steps",
+    fuse = jax_backend.fuse_jax_train_steps
+    monkeypatch.setattr(jax_backend, "fuse_jax_train_steps",
                         lambda model, steps: fuse(model, steps, convolutions_on_cpu=convolutions_on_cpu))
 
     def fit(spe):
