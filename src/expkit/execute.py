@@ -271,8 +271,8 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     say = ProgressLog(progress)
     runner = make_executor(kind, jobs, trials, sweep_dir.absolute(), device=device, stale_after=stale_after,
                            log=say, live=live, resources=cfg.sweep.resources, address=address or cfg.sweep.address)
-    lanes = start_lanes(cfg, trials, sweep_dir, device=device, stale_after=stale_after)  # sweep.vectorize
     try:
+        lanes = start_lanes(cfg, trials, sweep_dir, device=device, stale_after=stale_after)  # sweep.vectorize
         try:
             runner.preflight([t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED])
         except BaseException:
