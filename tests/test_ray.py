@@ -237,7 +237,9 @@ def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_c
     """The driver starts its own Ray instance (127.0.0.1); SIGTERM cancels the tasks, which record
     their trials, and the driver exits 143 leaving no Ray process of its own behind."""
     path = write_yaml("rt.yaml", {**sweep_cfg(tiny_config, name="rt", n_train=1000, seeds=(0,)),
-                                  "train": {**tiny_config["train"], "epochs": 200, "batch_size": 8,
+                                  # long enough that neither trial can finish while the other's worker
+                                  # starts (200 epochs once ran out first under a loaded CI run)
+                                  "train": {**tiny_config["train"], "epochs": 5000, "batch_size": 8,
                                             "steps_per_execution": 1}})
     runs = tmp_path / "runs"
     proc = subprocess.Popen(cli("run", path, "--runs-dir", runs, "--executor", "ray"), env=ENV,
