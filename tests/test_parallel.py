@@ -15,6 +15,7 @@ import yaml
 from expkit.backend import share_env
 from expkit.progress import Counts, SweepProgress, format_seconds
 from expkit.workers import threads_per_worker
+from procs import alive, children
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -40,27 +41,6 @@ def sweep_file(tmp_path, tiny_config, name="par", epochs=2, n_train=120, seeds=(
 
 def table(sweep_dir):
     return pd.read_csv(sweep_dir / "results.csv").drop(columns=TIMING)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_two_jobs_equal_one_job(tmp_path, tiny_config):

@@ -22,6 +22,7 @@ from expkit.config import validate  # noqa: E402
 from expkit.errors import ConfigError  # noqa: E402
 from expkit.execute import run_sweep  # noqa: E402
 from expkit.trials import expand_sweep  # noqa: E402
+from procs import alive, children  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -214,25 +215,6 @@ def test_task_env_forwards_expkit_settings_and_the_share(monkeypatch):
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in task_env("tensorflow", 2, 1, environ={})
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_config, write_yaml):
     """The driver starts its own Ray instance (127.0.0.1); SIGTERM cancels the tasks, which record
     their trials, and the driver exits 143 leaving no Ray process of its own behind."""
@@ -250,7 +232,7 @@ def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_c
         training = [m.parent for m in runs.glob("rt/*/metrics.csv") if len(m.read_text().splitlines()) >= 2]
         time.sleep(0.2)
     assert len(training) == 2, "two trials never trained side by side"
-    started_by_driver = _children(proc.pid)  # Ray's own processes (GCS, raylet, ...)
+    started_by_driver = children(proc.pid)  # Ray's own processes (GCS, raylet, ...)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 143, err[-3000:]
@@ -258,6 +240,6 @@ def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_c
         record = json.loads((folder / "results.json").read_text())
         assert record["status"] == "interrupted" and record["epochs_run"] >= 1
     deadline = time.time() + 30
-    while time.time() < deadline and [p for p in started_by_driver if _alive(p)]:
+    while time.time() < deadline and [p for p in started_by_driver if alive(p)]:
         time.sleep(0.5)
-    assert not [p for p in started_by_driver if _alive(p)]
+    assert not [p for p in started_by_driver if alive(p)]

@@ -323,6 +323,14 @@ def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, 
                 c.queued += 1
         progress.update(c, finished_here=finished_here, force=force)
 
+    def wait_for(t: Trial, why: str) -> None:
+        """`t` is held by another live process: look at it again once that one lets go."""
+        if t.id not in waiting_said:
+            say(f"{head(t)}: {why}; waiting for it")
+            waiting_said.add(t.id)
+        waiting.append(t)
+        state[t.id] = "waiting"
+
     def settle(t: Trial, outcome: TrialOutcome, tables: bool = True) -> None:
         nonlocal finished_here
         say(f"{head(t)}: {outcome.message}")
@@ -351,11 +359,7 @@ def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, 
                     state[t.id] = "done" if status in FINISHED else "failed"
                     continue
                 if status == RUNNING:  # its holder is alive
-                    if t.id not in waiting_said:
-                        say(f"{head(t)}: running in another process; waiting for it")
-                        waiting_said.add(t.id)
-                    waiting.append(t)
-                    state[t.id] = "waiting"
+                    wait_for(t, "running in another process")
                     continue
                 runner.submit(pos[t.id], t, n)
                 state[t.id] = "running"
@@ -366,11 +370,7 @@ def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, 
                 continue
             for t, outcome in runner.collect(POLL_SECONDS):
                 if not outcome.trained and outcome.status == RUNNING:
-                    if t.id not in waiting_said:
-                        say(f"{head(t)}: {outcome.message}; waiting for it")
-                        waiting_said.add(t.id)
-                    waiting.append(t)
-                    state[t.id] = "waiting"
+                    wait_for(t, outcome.message)
                     continue
                 settle(t, outcome)
                 if outcome.status == FAILED and fail_fast and (queue or waiting):
