@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, RunWriteError
+from .stopping import Terminated, on_sigterm
 
 
 def _load(args):
@@ -261,18 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C (the run is recorded as interrupted), exiting 128 + 15."""
-
-
-def _sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the record short
-    raise Terminated
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         from .repro import command_source
 
@@ -289,6 +281,8 @@ def main(argv=None) -> int:
     except RunWriteError as exc:
         print(f"expkit: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller's own (main() called in-process)
 
 
 def console() -> None:

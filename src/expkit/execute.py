@@ -19,6 +19,7 @@ from .config import ExperimentConfig
 from .errors import ConfigError, RunWriteError
 from .runfolder import (DEFAULT_STALE_AFTER, FAILED, FINISHED, PENDING, RUNNING, Claim, ClaimLost, RunFolder,
                         RunRecord, Holder, read_status)
+from .stopping import check as check_stop
 from .trials import Trial, expand_sweep, refresh
 
 CLAIMS = ".claims"
@@ -73,6 +74,7 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
     from .runner import run_experiment
 
     log = log or sys.stderr
+    check_stop()  # a stop requested while this process was between trials starts nothing new
     path = sweep_dir / trial.id
     status = read_status(path, stale_after)
     if status in FINISHED:
@@ -343,6 +345,7 @@ def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, 
     try:
         show(force=True)
         while queue or runner.in_flight or waiting:
+            check_stop()
             for t in list(waiting):  # a holder let go: look at the trial again
                 if read_status(sweep_dir / t.id, stale_after) != RUNNING:
                     waiting.remove(t)

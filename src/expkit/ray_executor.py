@@ -24,9 +24,11 @@ import threading
 import time
 from pathlib import Path
 
+from . import stopping
 from .errors import ConfigError, RunWriteError
 from .execute import DatasetCache, TrialOutcome, preflight, run_trial, trial_backend
 from .runfolder import FAILED, INTERRUPTED, PENDING, RUNNING, read_status
+from .stopping import Terminated
 from .trials import Trial
 
 MAX_RETRIES = 3            # times Ray re-runs a trial's task whose worker process or node died
@@ -57,7 +59,8 @@ def connect(address: str | None = None):
     address = address or os.environ.get("RAY_ADDRESS") or None
     options = dict(log_to_driver=False, logging_level="ERROR")
     # Ray's core installs a C-level SIGTERM handler that ends the process at once; the driver's own
-    # (SIGTERM handled like Ctrl-C: cancel the tasks, which record their trials) is put back after.
+    # (SIGTERM handled like Ctrl-C: cancel the tasks, which record their trials) is put back after. Ray's
+    # waits turn any signal into KeyboardInterrupt: stopping.pending() says whether it was SIGTERM.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if address:
@@ -72,32 +75,12 @@ def connect(address: str | None = None):
             for sig, handler in handlers.items():
                 if handler is not None:
                     signal.signal(sig, handler)
-            if callable(handlers[signal.SIGTERM]):
-                signal.signal(signal.SIGTERM, _noting_sigterm(handlers[signal.SIGTERM]))
     return ray, True
 
 
-_SIGTERM = threading.Event()
-
-
-def _noting_sigterm(handler):
-    """`handler`, after noting that SIGTERM came: Ray's waits turn any signal into KeyboardInterrupt."""
-
-    def noting(signum, frame):
-        _SIGTERM.set()
-        return handler(signum, frame)
-
-    noting.original = handler
-    return noting
-
-
 def _interruption() -> BaseException:
-    """What to raise when Ray's wait was interrupted: SIGTERM as the CLI's Terminated (exit 143)."""
-    if _SIGTERM.is_set():
-        from .cli import Terminated
-
-        return Terminated()
-    return KeyboardInterrupt()
+    """What to raise when Ray's wait was interrupted: SIGTERM as Terminated (exit 143)."""
+    return Terminated() if stopping.pending() is Terminated else KeyboardInterrupt()
 
 
 def task_env(backend: str, cpus: float, gpus: float, environ=None) -> dict[str, str]:
@@ -145,8 +128,9 @@ def trial_task(trial: Trial, sweep_dir: str, device: str, stale_after: float) ->
     try:
         _start_backend(trial_backend(trial), device, trial.config.train.deterministic)
         _DATASETS = _DATASETS or DatasetCache()
-        outcome = run_trial(trial, Path(sweep_dir), device=device, datasets=_DATASETS, stale_after=stale_after,
-                            log=log)
+        with stopping.interrupt_on_sigint():  # Ray's cancel: noted, so that a swallowed interrupt is raised again
+            outcome = run_trial(trial, Path(sweep_dir), device=device, datasets=_DATASETS, stale_after=stale_after,
+                                log=log)
     except ConfigError as exc:  # found with the data: recorded in the trial's folder; it stops the sweep
         return {"config_error": (exc.message, exc.file, exc.path), "log": log.getvalue(), "where": where}
     except RunWriteError as exc:  # the sweep folder cannot be written: every later trial would fail too
@@ -281,6 +265,3 @@ class RayExecutor:
     def close(self) -> None:
         if self._owned:
             self.ray.shutdown()
-        handler = signal.getsignal(signal.SIGTERM)
-        if hasattr(handler, "original") and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler.original)

@@ -11,6 +11,7 @@ from typing import Callable
 from .config import ExperimentConfig
 from .errors import ConfigError
 from .registry import did_you_mean
+from .stopping import check as check_stop
 
 KNOWN_OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl", "lion", "lamb", "adafactor"]
 
@@ -136,6 +137,7 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
             self._rate = current_rate(self.model)
 
         def on_train_batch_end(self, batch, logs=None):
+            check_stop()  # a SIGTERM whose first raise a finalizer swallowed
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 result.diverged = True

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from .cli import Terminated
 from .errors import ConfigError, RunWriteError
 from .execute import DatasetCache, TrialOutcome, preflight, run_trial, trial_backend
 from .runfolder import FAILED, read_status
+from .stopping import on_sigterm
 from .trials import Trial
 
 STOP_GRACE_SECONDS = 60.0  # a stopped worker's time to record its trial before it is killed
@@ -294,11 +294,6 @@ class WorkerPool:
 # --- the worker process -------------------------------------------------------------------------------
 
 
-def _stop_once(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the record short
-    raise Terminated
-
-
 def _die_with_parent(parent_pid: int) -> None:
     """SIGTERM this worker when its driver dies (Linux), so it never trains on as an orphan."""
     try:
@@ -333,7 +328,7 @@ class _PipeLog:
 def worker_main(conn, parent_pid: int, backend: str, device: str, deterministic: bool, quiet_stdout: bool) -> None:
     """A worker: import the backend, then run what the driver sends until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches workers through the driver, once
-    signal.signal(signal.SIGTERM, _stop_once)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         _die_with_parent(parent_pid)
         # Keras' per-epoch lines must not reach the driver's standard output (it ends with the sweep's

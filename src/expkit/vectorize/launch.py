@@ -18,6 +18,7 @@ import time
 
 from ..errors import ConfigError
 from ..runfolder import FINISHED, read_status
+from ..stopping import check as check_stop
 from ..trials import refresh
 from ..workers import STOP_GRACE_SECONDS  # a stopped child's time to record its trials as interrupted
 from .grouping import (Group, ModelShape, check_vectorisable, differing_keys, plan_groups, require_one_group,
@@ -327,6 +328,8 @@ class Lanes:
         deadline = None if timeout is None else time.monotonic() + timeout
         open_conns, finished = list(self.conns), []
         while open_conns and (deadline is None or time.monotonic() < deadline):
+            if deadline is None:  # waiting for the groups, not for their records after a stop
+                check_stop()
             ready = wait(open_conns, timeout=0.5)
             if not ready and not any(p.is_alive() for p in self.procs):
                 break

@@ -264,11 +264,11 @@ def _without_tensorflow() -> None:
 
 def worker_main(conn, parent_pid: int, device: str) -> None:
     """The child's entry: start JAX, wait for the job, train each of its groups, report the finished ids."""
-    from ..cli import Terminated  # noqa: F401  (for the SIGTERM handler)
-    from ..workers import _die_with_parent, _stop_once
+    from ..stopping import on_sigterm
+    from ..workers import _die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches this process through its parent, once
-    signal.signal(signal.SIGTERM, _stop_once)
+    signal.signal(signal.SIGTERM, on_sigterm)
     os.dup2(2, 1)  # whatever Keras prints must not reach the parent's standard output (it ends with a path)
     finished: list[str] = []
 
