@@ -218,9 +218,10 @@ def test_task_env_forwards_expkit_settings_and_the_share(monkeypatch):
 def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_config, write_yaml):
     """The driver starts its own Ray instance (127.0.0.1); SIGTERM cancels the tasks, which record
     their trials, and the driver exits 143 leaving no Ray process of its own behind."""
-    path = write_yaml("rt.yaml", {**sweep_cfg(tiny_config, name="rt", n_train=1000, seeds=(0,)),
+    path = write_yaml("rt.yaml", {**sweep_cfg(tiny_config, name="rt", n_train=1000, seeds=(0,), vectorize=False),
                                   # long enough that neither trial can finish while the other's worker
-                                  # starts (200 epochs once ran out first under a loaded CI run)
+                                  # starts (200 epochs once ran out first under a loaded CI run); as Ray
+                                  # tasks (two trials this long would otherwise train as one JAX program)
                                   "train": {**tiny_config["train"], "epochs": 5000, "batch_size": 8,
                                             "steps_per_execution": 1}})
     runs = tmp_path / "runs"
@@ -237,8 +238,10 @@ def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_c
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 143, err[-3000:]
     for folder in training:
+        assert (folder / "results.json").exists(), f"{folder.name} has no record: {sorted(os.listdir(folder))}\n{err[-3000:]}"
         record = json.loads((folder / "results.json").read_text())
         assert record["status"] == "interrupted" and record["epochs_run"] >= 1
+    assert "vectorize" not in err  # Ray's tasks trained them
     deadline = time.time() + 30
     while time.time() < deadline and [p for p in started_by_driver if alive(p)]:
         time.sleep(0.5)
