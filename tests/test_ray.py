@@ -209,6 +209,11 @@ def test_task_env_forwards_expkit_settings_and_the_share(monkeypatch):
 
     env = task_env("jax", 0.5, 0.25, environ={"EXPKIT_OFFLINE": "1", "HOME": "/root", "XLA_FLAGS": ""})
     assert env["EXPKIT_OFFLINE"] == "1" and "HOME" not in env and env["KERAS_BACKEND"] == "jax"
+    from expkit.repro import command_line
+
+    assert env["EXPKIT_COMMAND"] == command_line()  # the driver's command line, for the records
+    named = task_env("jax", 1, 0, environ={"EXPKIT_COMMAND": "expkit run a.yaml"})  # main(argv) in-process
+    assert named["EXPKIT_COMMAND"] == "expkit run a.yaml"
     assert env["OMP_NUM_THREADS"] == "1" and env["TF_NUM_INTRAOP_THREADS"] == "1"
     assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
     assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.25 * 0.9)
@@ -241,6 +246,7 @@ def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_c
         assert (folder / "results.json").exists(), f"{folder.name} has no record: {sorted(os.listdir(folder))}\n{err[-3000:]}"
         record = json.loads((folder / "results.json").read_text())
         assert record["status"] == "interrupted" and record["epochs_run"] >= 1
+        assert record["command"] == f"expkit run {path} --runs-dir {runs} --executor ray"  # the driver's
     assert "vectorize" not in err  # Ray's tasks trained them
     deadline = time.time() + 30
     while time.time() < deadline and [p for p in started_by_driver if alive(p)]:

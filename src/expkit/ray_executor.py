@@ -84,12 +84,15 @@ def _interruption() -> BaseException:
 
 
 def task_env(backend: str, cpus: float, gpus: float, environ=None) -> dict[str, str]:
-    """The environment of a trial's task: the driver's expkit settings, its backend, and its share
-    of the node (threads from `cpus`; below one GPU, that fraction of the GPU's memory)."""
+    """The environment of a trial's task: the driver's expkit settings, its backend, its share of the
+    node (threads from `cpus`; below one GPU, that fraction of the GPU's memory) and the driver's
+    command line (the record's `command`, not the Ray worker's)."""
     from .backend import share_env
+    from .repro import COMMAND_ENV, command_line
 
     environ = os.environ if environ is None else environ
     env = {k: v for k, v in environ.items() if k.startswith(FORWARDED)}
+    env[COMMAND_ENV] = environ.get(COMMAND_ENV) or command_line()
     env.update(share_env(max(1, math.ceil(cpus)), gpus if 0 < gpus < 1 else None, environ))
     env["KERAS_BACKEND"] = backend
     return env
