@@ -1,8 +1,5 @@
-"""The experiment config: one schema, one validation path, key paths in every error.
-
-Flow: YAML file -> `extends` chain merged -> `--set` overrides applied to the raw dict -> validated
-against `ExperimentConfig` (defaults filled). Nothing here imports TensorFlow.
-"""
+"""The config schema: every section as a pydantic model, each field with its default, range and
+description; cross-field checks as validators; and the key-path syntax (`split_key`) a sweep's keys use."""
 
 from __future__ import annotations
 
@@ -10,16 +7,13 @@ import copy
 import json
 import math
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .backend import default_backend
-from .errors import ConfigError, format_path
-from .files import load_yaml_text, read_yaml_file, yaml_problem
-from .registry import did_you_mean
+from ..backend import default_backend
+from ..errors import ConfigError
+from ..registry import did_you_mean
 
 SEED_MAX = 2**32 - 1  # numpy's and Keras' seeds are unsigned 32-bit integers
 NAME_MAX = 100        # bytes (UTF-8) of a run name: runs/<name>/ must fit a file name with room to spare
@@ -197,7 +191,7 @@ class ModelConfig(Section):
     @field_validator("layers")
     @classmethod
     def _layers_shape(cls, layers):
-        from .layers import check_layer_spec
+        from ..layers import check_layer_spec
 
         if not layers:
             raise ValueError("needs at least one layer")
@@ -350,7 +344,7 @@ class ExperimentConfig(Section):
     @field_validator("track")
     @classmethod
     def _known_trackers(cls, v):
-        from .tracking import TRACKERS  # names only: no tracker library is imported here
+        from ..tracking import TRACKERS  # names only: no tracker library is imported here
 
         for i, name in enumerate(v):
             TRACKERS.get(name, path=("track", i))
@@ -397,18 +391,7 @@ def without_recording_keys(resolved: dict) -> dict:
     return out
 
 
-# --- raw dict operations -------------------------------------------------------------------------
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Mappings merge key by key; anything else (lists included) is replaced by the override."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+# --- key paths: here rather than in loading.py because SweepConfig checks its keys with split_key ---
 
 
 _KEY_SEGMENT = re.compile(r"([^.\[\]]+)((?:\[[0-9]+\])*)")
@@ -426,154 +409,3 @@ def split_key(key: str) -> list:
         parts.append(int(name) if name.isascii() and name.isdigit() else name)
         parts += [int(i) for i in re.findall(r"[0-9]+", indexes)]
     return parts
-
-
-def set_path(raw: dict, key: str, value: Any) -> dict:
-    """Return a copy of `raw` with `value` at `key` (a key path, see split_key); missing mappings are created."""
-    parts = split_key(key)
-    out = copy.deepcopy(raw)
-    node: Any = out
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = format_path(parts[:depth + 1])
-        if isinstance(part, int):
-            if not isinstance(node, list):
-                raise ConfigError(f"cannot index with {part}: {format_path(parts[:depth]) or 'config'} is not a list", path=where)
-            if part >= len(node):
-                raise ConfigError(f"index {part} is out of range (the list has {len(node)} items)", path=where)
-        elif not isinstance(node, dict):
-            raise ConfigError(f"cannot set '{part}' inside a {type(node).__name__}", path=where)
-        if last:
-            node[part] = copy.deepcopy(value)
-        else:
-            if isinstance(node, dict) and node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-    return out
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'train.epochs=3' -> ('train.epochs', 3); the value is read as YAML, as in a config file (1e-3 is a float)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects KEY=VALUE, got '{text}'")
-    key = key.strip()
-    try:
-        return key, load_yaml_text(value) if value.strip() else None
-    except ConfigError as exc:  # a duplicate key inside a mapping value
-        raise ConfigError(f"--set {key}: {exc.message}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML ({yaml_problem(exc)})") from None
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-
-def read_yaml(path: Path) -> dict:
-    """Read one YAML mapping; malformed YAML is reported with its line, a repeated key with its key path."""
-    data = read_yaml_file(path)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"the top level must be a mapping, found {type(data).__name__}", file=path)
-    return data
-
-
-def load_raw(path: str | Path, _chain: tuple = ()) -> dict:
-    """The config file with its `extends` chain merged in (bases first, this file on top)."""
-    path = Path(path)
-    resolved = path.resolve()
-    if resolved in _chain:
-        cycle = " -> ".join(p.name for p in (*_chain, resolved))
-        raise ConfigError(f"extends cycle: {cycle}", file=path, path="extends")
-    raw = read_yaml(path)
-    base_ref = raw.pop("extends", None)
-    if base_ref is None:
-        return raw
-    if not isinstance(base_ref, str):
-        raise ConfigError(f"expected a file path (string), found {type(base_ref).__name__}", file=path, path="extends")
-    base_path = path.parent / base_ref
-    if not base_path.exists():
-        raise ConfigError(f"base config '{base_ref}' not found (looked for {base_path})", file=path, path="extends")
-    base = load_raw(base_path, (*_chain, resolved))
-    base.pop("name", None)  # a child is its own experiment, named after its own file
-    return deep_merge(base, raw)
-
-
-def _describe_error(err: dict, model_cls) -> tuple[str, str]:
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-after", "str", "int", "bool")))]
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        parent, bad = loc[:-1], loc[-1]
-        known = _known_keys(model_cls, parent)
-        hint = did_you_mean(bad, known) if known else ""
-        listing = f" (known: {', '.join(known)})" if known and not hint else ""
-        return format_path(loc), f"unknown key{hint}{listing}"
-    if kind == "missing":
-        return format_path(loc), "required key is missing"
-    if kind == "finite_number":
-        return format_path(loc), f"expected a finite number, found {err.get('input')} (.inf and .nan are refused)"
-    found = err.get("input")
-    shown = f"; found {found!r} ({type(found).__name__})" if kind not in ("value_error",) and not isinstance(found, (dict, list)) else ""
-    msg = err["msg"].removeprefix("Value error, ")
-    return format_path(loc), f"{msg}{shown}"
-
-
-def _known_keys(model_cls, parent: list) -> list[str]:
-    cls = model_cls
-    for part in parent:
-        if isinstance(part, int) or cls is None:
-            return []
-        field = cls.model_fields.get(part)
-        if field is None:
-            return []
-        cls = _section_class(field.annotation)
-    return list(cls.model_fields) if cls is not None else []
-
-
-def _section_class(annotation):
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _section_class(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def validate(raw: dict, *, file=None) -> ExperimentConfig:
-    """Validate a raw (merged, overridden) dict; the first problem is raised as one ConfigError."""
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        path, message = _describe_error(errors[0], ExperimentConfig)
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise ConfigError(message + more, file=file, path=path) from None
-
-
-def apply_overrides(raw: dict, overrides) -> dict:
-    """Apply `--set` strings ('train.epochs=3') or (key, value) pairs to the raw dict, in order."""
-    for item in overrides:
-        key, value = parse_override(item) if isinstance(item, str) else item
-        raw = set_path(raw, key, value)
-    return raw
-
-
-def load_config(path: str | Path, overrides=()) -> ExperimentConfig:
-    """Load, merge `extends`, apply overrides (`--set` strings or (key, value) pairs), validate.
-    Every error names the file."""
-    path = Path(path)
-    try:
-        raw = load_raw(path)
-        raw.setdefault("name", path.stem)
-        return validate(apply_overrides(raw, overrides))
-    except ConfigError as exc:
-        raise exc.with_file(path) from None
-
-
-def json_schema() -> dict:
-    """JSON Schema of the config, for editors' autocompletion."""
-    schema = ExperimentConfig.model_json_schema()
-    schema["properties"]["extends"] = {"type": "string", "description": "Base config file, relative to this one."}
-    return schema
