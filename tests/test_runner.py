@@ -108,7 +108,7 @@ def test_a_write_failure_mid_run_is_one_error_and_records_that_agree(tmp_path, t
     folder says failed in both status.json and results.json, never 'running' beside 'done'."""
     import errno
 
-    import expkit.runfolder as rf
+    import expkit.runfolder.records as rf
     from expkit.errors import RunWriteError
 
     real = rf.write_text_atomic
