@@ -22,20 +22,26 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 # SIGTERM arrives while a finalizer runs: the handler's Terminated is dropped ("Exception ignored in"),
 # and SIGTERM is ignored from then on. Then the script trains.
 SWALLOWED = """
-import os, signal, sys, yaml
+import contextlib, os, signal, sys, yaml
 from expkit import stopping
 
-signal.signal(signal.SIGTERM, stopping.on_sigterm)
+SIG = signal.{sig}
+if SIG == signal.SIGTERM:
+    signal.signal(SIG, stopping.on_sigterm)
+    handled = contextlib.nullcontext()
+else:  # Ctrl-C, as `expkit` handles it around a command
+    handled = stopping.interrupt_on_sigint()
 
 class Finalized:
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), SIG)
         for _ in range(100000):  # the handler runs in here, and Python drops what it raises
             pass
 
-obj = Finalized()
-del obj
-print("handler ran:", signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, flush=True)
+with handled:
+    obj = Finalized()
+    del obj
+    print("handler ran:", stopping.pending() is not None, flush=True)
 {train}
 """
 
@@ -69,10 +75,11 @@ except KeyboardInterrupt as exc:
 """
 
 
-def swallowed_then(train: str, cfg: dict, tmp_path, backend: str = "tensorflow"):
+def swallowed_then(train: str, cfg: dict, tmp_path, backend: str = "tensorflow", sig: str = "SIGTERM"):
     path, script = tmp_path / "cfg.yaml", tmp_path / "script.py"
     path.write_text(yaml.safe_dump(cfg))
-    script.write_text(SWALLOWED.format(train=train))
+    indented = "\n".join("    " + line for line in train.strip().splitlines())  # inside `with handled:`
+    script.write_text(SWALLOWED.format(train=indented, sig=sig))
     return subprocess.run([sys.executable, str(script), str(path), str(tmp_path / "runs")], capture_output=True,
                           text=True, timeout=300, env={**ENV, "KERAS_BACKEND": backend})
 
@@ -82,11 +89,12 @@ def long_config(tiny_config, **train):
             "train": {**tiny_config["train"], "epochs": 200, "batch_size": 8, "steps_per_execution": 1, **train}}
 
 
-def test_a_sigterm_a_finalizer_swallowed_stops_the_next_training_step(tiny_config, tmp_path):
-    done = swallowed_then(KERAS_RUN, long_config(tiny_config), tmp_path)
+@pytest.mark.parametrize("sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")])
+def test_a_signal_a_finalizer_swallowed_stops_the_next_training_step(tiny_config, tmp_path, sig, raised):
+    done = swallowed_then(KERAS_RUN, long_config(tiny_config), tmp_path, sig=sig)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "handler ran: True" in done.stdout and "Exception ignored" in done.stderr  # the first raise was lost
-    assert "stopped: Terminated" in done.stdout, done.stdout
+    assert f"stopped: {raised}" in done.stdout, done.stdout
     (folder,) = (tmp_path / "runs" / "long").iterdir()
     record = json.loads((folder / "results.json").read_text())
     assert record["status"] == "interrupted" and record["epochs_run"] == 0

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, RunWriteError
-from .stopping import Terminated, on_sigterm
+from .stopping import Terminated, interrupt_on_sigint, on_sigterm
 
 
 def _load(args):
@@ -268,7 +268,8 @@ def main(argv=None) -> int:
     try:
         from .repro import command_source
 
-        with command_source(None if argv is None else ["expkit", *argv]):  # results.json's `command`
+        # results.json's `command`; Ctrl-C noted like SIGTERM, so that a dropped one is raised again
+        with command_source(None if argv is None else ["expkit", *argv]), interrupt_on_sigint():
             return args.func(args)
     except ConfigError as exc:
         if getattr(args, "config", None):

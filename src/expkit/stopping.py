@@ -6,8 +6,9 @@ belongs to a finalizer (a `__del__`, a weakref callback: Keras and JAX objects h
 exception: the run would train on, with SIGTERM ignored from then on. So the handlers here also
 note the request, and the loops that train or wait call `check()`, which raises it again.
 
-A noted SIGTERM holds for the rest of the process (the process is ending). A Ray task's interrupt
-is noted through `interrupt_on_sigint` and forgotten when the task ends (the worker runs others).
+A noted SIGTERM holds for the rest of the process (the process is ending). Ctrl-C, and the interrupt
+by which Ray cancels a task, are noted within `interrupt_on_sigint` (around a command, around a Ray
+task) and forgotten when it ends (a Ray worker runs other tasks; a caller of `cli.main` goes on).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def on_sigterm(signum, frame):
 
 @contextmanager
 def interrupt_on_sigint():
-    """Within: SIGINT (and `_thread.interrupt_main`, by which Ray cancels a task) raises
+    """Within: SIGINT (Ctrl-C, and `_thread.interrupt_main`, by which Ray cancels a task) raises
     KeyboardInterrupt and notes it. Outside the main thread, nothing changes."""
     global _pending
 
