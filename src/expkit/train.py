@@ -137,7 +137,7 @@ def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callab
             self._rate = current_rate(self.model)
 
         def on_train_batch_end(self, batch, logs=None):
-            check_stop()  # a SIGTERM whose first raise a finalizer swallowed
+            check_stop()  # a stop (SIGTERM, Ctrl-C) whose first raise a finalizer swallowed
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 result.diverged = True

@@ -271,7 +271,7 @@ class GroupTrainer:
             state = (*self.state[:3], [jnp.array(a) for a in self.metrics0])
             logs = jax.tree_util.tree_map(jnp.array, self.train_logs0)  # fresh: the compiled steps consume theirs
             for batches in self._train_batches(epoch):
-                check_stop()  # a SIGTERM whose first raise a finalizer swallowed
+                check_stop()  # a stop (SIGTERM, Ctrl-C) whose first raise a finalizer swallowed
                 state, logs, diverged = self.program.train(state, logs, diverged, active, self.x_train, self.y_train,
                                                            self.pool_index, jnp.asarray(batches))
             self.state = state
