@@ -27,6 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import stopping
+
 CHECKPOINT = "checkpoint.keras"
 MODEL = "model.keras"
 STATE_MEMBER = "expkit-state.json"
@@ -68,16 +70,17 @@ def save_model(model, folder: str | Path) -> Path | None:
     """`model.keras` in `folder`, whole or not at all."""
     path = Path(folder) / MODEL
     tmp = _temporary(path)
-    try:
-        model.save(tmp)
-        _replace(tmp, path)
-    except OSError:
-        raise
-    except Exception as exc:
-        _unsaved(MODEL, exc)
-        return None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with stopping.deferred():  # a stop half-way through h5py's writes breaks its object registry
+        try:
+            model.save(tmp)
+            _replace(tmp, path)
+        except OSError:
+            raise
+        except Exception as exc:
+            _unsaved(MODEL, exc)
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -91,17 +94,18 @@ def write_checkpoint(model, folder: str | Path, state: dict, best_weights: list 
 
     path = Path(folder) / CHECKPOINT
     tmp = _temporary(path)
-    try:
-        model.save(tmp)
-        with zipfile.ZipFile(tmp, "a") as zf:
-            zf.writestr(STATE_MEMBER, json.dumps(state, allow_nan=True))
-            if best_weights is not None:
-                buf = io.BytesIO()
-                np.savez(buf, *best_weights)
-                zf.writestr(BEST_WEIGHTS_MEMBER, buf.getvalue())
-        _replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with stopping.deferred():  # as in save_model; and the checkpoint then holds the epoch the record says
+        try:
+            model.save(tmp)
+            with zipfile.ZipFile(tmp, "a") as zf:
+                zf.writestr(STATE_MEMBER, json.dumps(state, allow_nan=True))
+                if best_weights is not None:
+                    buf = io.BytesIO()
+                    np.savez(buf, *best_weights)
+                    zf.writestr(BEST_WEIGHTS_MEMBER, buf.getvalue())
+            _replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -148,7 +152,8 @@ def restore(model, checkpoint: Checkpoint) -> None:
     import numpy as np
 
     model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded into
-    model.load_weights(checkpoint.path)
+    with stopping.deferred():  # h5py again, as in save_model
+        model.load_weights(checkpoint.path)
     seeds = checkpoint.state.get("seeds") or []
     variables = seed_variables(model)
     if len(seeds) != len(variables):
