@@ -355,3 +355,49 @@ def test_the_jax_processes_end_quietly_after_a_group_and_after_a_failed_check(ti
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert failed.stderr.count("\n") == 1 and "no_such_metric" in failed.stderr
     assert not (tmp_path / "runs" / "vbad").exists()
+
+
+CHECKED_IN_LANES = """
+import sys, yaml
+from expkit.api import sweep
+from expkit.errors import ConfigError
+
+if __name__ == "__main__":  # the JAX processes start with 'spawn', which imports this module again
+    try:
+        print("counts:", sweep(yaml.safe_load(open(sys.argv[1])), runs_dir=sys.argv[2]).counts)
+    except ConfigError as exc:
+        print("error:", exc)
+    print("imported:", sorted(m for m in ("keras", "tensorflow", "jax") if m in sys.modules))
+"""
+
+
+@needs_jax
+def test_the_jax_processes_check_their_trials_so_the_sweep_imports_no_backend(tiny_config, tmp_path, monkeypatch):
+    """Every trial vectorised: the JAX processes run the checks (where the trials train), and the sweep's
+    own process imports no Keras backend (TensorFlow's import was a quarter of a vectorised sweep's wall
+    time). A mistake stops the sweep with the message the sweep's own checks give, for the first such trial."""
+    script = tmp_path / "script.py"
+    script.write_text(CHECKED_IN_LANES)
+    rates = [0.1, 0.2, 0.3, 0.15, 0.4, 0.5, 0.25, 0.6]
+    good = {**tiny_config, "name": "lanes", "train": {**tiny_config["train"], "epochs": 1},
+            "model": {"layers": [{"flatten": {}}, {"dense": {"units": 16, "activation": "relu"}}, {"dropout": {"rate": 0.1}},
+                                 {"dense": {"units": 3, "activation": "softmax"}}]},
+            "sweep": {"grid": {"model.layers.2.dropout.rate": list(rates)}, "vectorize": True}}
+    rates[3], rates[6] = 1.5, 1.7  # Keras rejects both; the schema does not know the layer's range
+    bad = {**good, "name": "lanes_bad", "sweep": {**good["sweep"], "grid": {"model.layers.2.dropout.rate": rates}}}
+    outs = []
+    for cfg in (good, bad):
+        path = tmp_path / f"{cfg['name']}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        done = subprocess.run([sys.executable, str(script), str(path), str(tmp_path / "runs")], env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append(done.stdout.splitlines())
+    assert outs[0] == ["counts: {'done': 8}", "imported: []"]
+    assert outs[1][1] == "imported: []" and not (tmp_path / "runs" / "lanes_bad").exists()
+    monkeypatch.setattr("expkit.workers.available_cores", lambda: 2)  # as in the JAX processes' split above
+    with pytest.raises(ConfigError) as here:  # the same trials checked by this process, on its backend
+        run_sweep(validate({**bad, "sweep": {**bad["sweep"], "vectorize": False}}), runs_dir=tmp_path / "runs",
+                  log=open(os.devnull, "w"))
+    assert str(here.value).startswith("trial 4 (model.layers.2.dropout.rate=1.5, seed 3): ")
+    assert outs[1][0] == f"error: {here.value}"

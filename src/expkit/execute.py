@@ -147,28 +147,37 @@ def _head(trial: Trial, i: int | None = None, n: int | None = None) -> str:
     return f"{where}{trial.label()} seed={trial.seed} ({trial.id})"
 
 
-def preflight(trials: list[Trial]) -> None:
+def preflight(trials: list[Trial], *, numbers: list[int] | None = None, shapes: bool = False) -> dict:
     """Every trial's config through the pre-training checks, with no data loaded: a mistake in the
-    ninth trial, or a missing dataset file, stops the sweep before the first trial trains."""
+    ninth trial, or a missing dataset file, stops the sweep before the first trial trains.
+
+    `numbers`: the trials' positions in the sweep, for the message (else 1, 2, ...). With `shapes`,
+    returns each trial's vectorize.grouping.ModelShape, measured on the models the checks built."""
     import keras
 
     from .runner import prepare
 
-    checked: set[str] = set()
-    for i, trial in enumerate(trials, 1):
+    if shapes:
+        from .vectorize.launch import model_shape
+    measured: dict[str, object] = {}
+    by_key: dict[str, object] = {}
+    for i, trial in zip(numbers or range(1, len(trials) + 1), trials):
         cfg = trial.config.to_dict()
         cfg.pop("seed")
         key = json.dumps(cfg, sort_keys=True, default=str)
-        if key in checked:  # seeds do not change what the checks see
-            continue
-        checked.add(key)
-        try:
-            prepare(trial.config, load_data=False)
-        except ConfigError as exc:
-            raise ConfigError(f"trial {i} ({trial.label()}, seed {trial.seed}): {exc}") from None
-        finally:
-            keras.backend.clear_session(free_memory=False)  # a collection per trial took 0.25 s each
+        if key not in by_key:  # seeds do not change what the checks see
+            try:
+                _, model = prepare(trial.config, load_data=False)
+                by_key[key] = model_shape(model) if shapes else None
+            except ConfigError as exc:
+                error = ConfigError(f"trial {i} ({trial.label()}, seed {trial.seed}): {exc}")
+                error.number = i  # which one, when several processes check parts of a sweep
+                raise error from None
+            finally:
+                keras.backend.clear_session(free_memory=False)  # a collection per trial took 0.25 s each
+        measured[trial.id] = by_key[key]
     gc.collect()
+    return measured if shapes else {}
 
 
 def trial_backend(trial: Trial) -> str:
@@ -257,7 +266,7 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     """
     from .progress import ProgressLog, SweepProgress
     from .runner import ensure_writable
-    from .vectorize import run_groups, start_lanes
+    from .vectorize import plan_vectorised, run_groups, start_lanes
 
     log = log or sys.stderr
     jobs = cfg.sweep.jobs if jobs is None else jobs
@@ -274,14 +283,22 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     runner = make_executor(kind, jobs, trials, sweep_dir.absolute(), device=device, stale_after=stale_after,
                            log=say, live=live, resources=cfg.sweep.resources, address=address or cfg.sweep.address)
     try:
-        lanes = start_lanes(cfg, trials, sweep_dir, device=device, stale_after=stale_after)  # sweep.vectorize
+        # sweep.vectorize: JAX processes started now when the config says a group is likely; they then
+        # check the trials they will train, and this process checks only the rest (on their backend).
+        lanes = start_lanes(cfg, trials, sweep_dir, device=device, stale_after=stale_after)
+        pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
         try:
-            runner.preflight([t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED])
+            if lanes is None:
+                runner.preflight(pending)
+            plan = plan_vectorised(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say,
+                                   lanes=lanes)
+            if lanes is not None:
+                runner.preflight([t for t in pending if t.id not in plan.checked])
         except BaseException:
             if lanes is not None:
                 lanes.cancel()
             raise
-        run_groups(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say, lanes=lanes)
+        run_groups(cfg, trials, sweep_dir, plan, stale_after=stale_after, log=say)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         refresh(cfg, trials, sweep_dir)
         _drive(cfg, trials, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after)

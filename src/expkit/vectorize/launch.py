@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..runfolder import FINISHED, read_status
@@ -86,8 +87,9 @@ def available_bytes() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def candidate_groups(cfg, pending: list, say) -> tuple[list[Group], dict]:
-    """The groups among `pending` (unfinished) trials that may train vectorised, and their ModelShapes.
+def candidate_groups(cfg, pending: list, say, measure=measure_shapes) -> tuple[list[Group], dict]:
+    """The groups among `pending` (unfinished) trials that may train vectorised, and their ModelShapes
+    (`measure(trials)`: trial id -> ModelShape).
 
     `vectorize: true` raises a ConfigError naming the key that keeps the trials out of one program."""
     mode = cfg.sweep.vectorize
@@ -101,13 +103,13 @@ def candidate_groups(cfg, pending: list, say) -> tuple[list[Group], dict]:
         return [], {}
     if mode is True:
         check_vectorisable(cfg, pending)
-        shapes = measure_shapes(pending)
+        shapes = measure(pending)
         require_one_group(cfg, pending, shapes)
         return [Group(pending, differing_keys(cfg, pending))], shapes
     pending = [t for t in pending if trial_blocker(cfg, t) is None]
     if len(pending) < 2:
         return [], {}
-    shapes = measure_shapes(pending)
+    shapes = measure(pending)
     return plan_groups(cfg, pending, shapes).groups, shapes
 
 
@@ -201,36 +203,76 @@ def start_lanes(cfg, trials: list, sweep_dir, *, device: str, stale_after: float
     return Lanes(device, lane_count([Group(pending, ())]))
 
 
-def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log,
-               lanes: Lanes | None = None) -> list[str]:
-    """Train the sweep's vectorisable groups in JAX child processes; returns the trial ids they finished.
-    `lanes`: processes start_lanes started, taken over here (stopped if they are not needed).
+@dataclass
+class Plan:
+    """What trains vectorised: the groups, the datasets loaded to judge them (handed to the JAX processes),
+    the processes, and the trials whose checks ran there (on JAX, where they train)."""
 
-    A ConfigError (sweep.vectorize true and a key that prevents it) is raised before anything is written."""
+    groups: list[Group] = field(default_factory=list)
+    datasets: dict = field(default_factory=dict)
+    lanes: Lanes | None = None
+    checked: set[str] = field(default_factory=set)
+
+
+def plan_vectorised(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log,
+                    lanes: Lanes | None = None) -> Plan:
+    """The sweep's vectorisable groups, before anything trains. `lanes`: processes start_lanes started,
+    taken over here (stopped if no group comes of it); they measure and check the candidate trials, so
+    that this process imports no Keras backend for them. Without them, this process measures.
+
+    A ConfigError (a trial's checks, or sweep.vectorize true and a key that prevents it) is raised
+    before anything is written, with every process stopped."""
     def say(line: str) -> None:
         print(line, file=log)
 
     try:
         pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
-        groups, shapes = candidate_groups(cfg, pending, say)
+        numbers = {t.id: i for i, t in enumerate(trials, 1)}
+        checked: set[str] = set()
+
+        def measure(part: list) -> dict:
+            shapes = lanes.check(part, [numbers[t.id] for t in part], say) if lanes is not None else None
+            if shapes is None:
+                return measure_shapes(part)
+            checked.update(shapes)
+            return shapes
+
+        groups, shapes = candidate_groups(cfg, pending, say, measure)
+        if not groups:
+            if lanes is not None:
+                lanes.cancel()
+            return Plan()
+        lanes = lanes or Lanes(device, lane_count(groups))  # they start JAX while this process looks at the data
+        datasets = {}
+        if cfg.sweep.vectorize == "auto":
+            on_cpu = device == "cpu" or not (lanes.gpus if lanes.gpus is not None else _gpus_here())
+            groups, datasets = worth_it(groups, shapes, on_cpu, say)
+        if not groups:
+            lanes.cancel()
+            return Plan()
+        grouped = {t.id for g in groups for t in g.trials}
+        return Plan(groups, datasets, lanes, checked & grouped)
     except BaseException:
         if lanes is not None:
             lanes.cancel()
         raise
-    if not groups:
-        if lanes is not None:
-            lanes.cancel()
-        return []
-    lanes = lanes or Lanes(device, lane_count(groups))  # they start JAX while this process looks at the data
-    try:
-        datasets = {}
-        if cfg.sweep.vectorize == "auto":
-            from ..backend import current
 
-            groups, datasets = worth_it(groups, shapes, device == "cpu" or not current().gpus(), say)
-        if not groups:
-            lanes.cancel()
-            return []
+
+def _gpus_here() -> bool:
+    from ..backend import current
+
+    return bool(current().gpus())
+
+
+def run_groups(cfg, trials: list, sweep_dir, plan: Plan, *, stale_after: float, log) -> list[str]:
+    """Train the planned groups in the JAX processes; returns the trial ids they finished."""
+    def say(line: str) -> None:
+        print(line, file=log)
+
+    groups, lanes = plan.groups, plan.lanes
+    if not groups:
+        return []
+    try:
         n = lanes.keep(lane_count(groups))
         for i, g in enumerate(groups, 1):
             say(f"vectorize: group {i}/{len(groups)}: {len(g.trials)} trials differing in "
@@ -241,7 +283,7 @@ def run_groups(cfg, trials: list, sweep_dir, *, device: str, stale_after: float,
                  "groups": [{"label": f"{i}/{len(groups)}", "lane": f"{k + 1}/{n}", "trials": g.trials[k::n]}
                             for i, g in enumerate(groups, 1)]}
                 for k in range(n)]
-        return lanes.run(jobs, datasets, say)
+        return lanes.run(jobs, plan.datasets, say)
     except KeyboardInterrupt:  # the children recorded their trials as interrupted: the manifest says so too
         lanes.cancel()
         if sweep_dir.is_dir():
@@ -270,6 +312,47 @@ class Lanes:
             child.close()
             self.procs.append(proc)
             self.conns.append(conn)
+        self.gpus: bool | None = None  # whether JAX sees a GPU there, once they have checked trials
+
+    def check(self, trials: list, numbers: list[int], say) -> dict | None:
+        """Every trial's pre-training checks (execute.preflight) and ModelShape, on JAX, the trials split
+        over the processes: trial id -> ModelShape. Raises the ConfigError of the first trial (by
+        `numbers`) that fails its checks; None when a process ended without answering."""
+        n = len(self.conns)
+        asked = []
+        for k, conn in enumerate(self.conns):
+            if trials[k::n]:
+                conn.send(("check", trials[k::n], numbers[k::n]))
+                asked.append(conn)
+        shapes, errors = {}, []
+        for conn in asked:
+            reply = self._answer(conn, say)
+            if reply is None or reply[0] != "checked":  # it ended, or failed otherwise ("finished", [])
+                return None
+            _, measured, error, self.gpus = reply
+            shapes.update(measured or {})
+            if error is not None:
+                errors.append(error)
+        if errors:
+            _, message, file, path = min(errors, key=lambda e: e[0])
+            raise ConfigError(message, file=file, path=path)
+        return shapes
+
+    def _answer(self, conn, say):
+        """The next message from `conn` that is not a log line, or None when its process has ended."""
+        while True:
+            check_stop()
+            if conn.poll(0.5):
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    return None
+                if msg[0] == "log":
+                    say(msg[1])
+                    continue
+                return msg
+            if not self.procs[self.conns.index(conn)].is_alive() and not conn.poll():
+                return None
 
     def keep(self, count: int) -> int:
         """Stop the processes beyond `count` (when fewer groups remain); returns how many are kept."""

@@ -5,7 +5,9 @@ TensorFlow, and a process has one Keras backend). For each group it claims the t
 and nobody finished (runfolder.Claim, as execute.run_trial does), trains them together, writes each
 trial's run folder with the files a one-at-a-time trial writes, and releases the claims. A group
 that cannot be one program (program.NotVectorizable) is left untouched for the sweep's own loop.
-It reports back through a pipe: ("log", line) while it works, ("finished", [trial ids]) at the end.
+Before the job it checks the trials the parent hands it (("check", ...) -> ("checked", shapes, error,
+gpus): the sweep's process then needs no Keras backend of its own for them). It reports back through a
+pipe: ("log", line) while it works, ("finished", [trial ids]) at the end.
 """
 
 from __future__ import annotations
@@ -251,6 +253,23 @@ class GroupRun:
             self.release([member.trial])
 
 
+def check_here(trials: list, numbers: list[int]) -> tuple:
+    """The trials' checks and ModelShapes on JAX, where they will train: (trial id -> ModelShape or None,
+    None or the first failing trial's (number, message, file, key path), whether JAX sees a GPU)."""
+    from dataclasses import replace
+
+    from ..backend import current
+    from ..errors import ConfigError
+    from ..execute import preflight
+
+    gpus = bool(current().gpus())
+    try:
+        return preflight([replace(t, config=jax_config(t.config)) for t in trials], numbers=numbers,
+                         shapes=True), None, gpus
+    except ConfigError as exc:
+        return None, (getattr(exc, "number", 0), exc.message, exc.file, exc.path), gpus
+
+
 def _without_tensorflow() -> None:
     """Keras imports TensorFlow (seconds) in keras.utils.set_random_seed whenever it is installed, only to
     seed it; this process runs JAX alone, so Keras' lazy handle on TensorFlow is told it is absent."""
@@ -284,9 +303,13 @@ def worker_main(conn, parent_pid: int, device: str) -> None:
         device_name = current().select_device(device)
         import keras  # noqa: F401  (imported while the parent still looks at the data)
 
-        message = conn.recv()  # ("job", job, datasets the parent loaded), or None: nothing to do
-        if message is None:
-            return
+        while True:  # ("check", trials, numbers) while the parent plans; then ("job", job, datasets), or None
+            message = conn.recv()
+            if message is None:
+                return
+            if message[0] != "check":
+                break
+            conn.send(("checked", *check_here(message[1], message[2])))
         _, job, loaded = message
         datasets = Datasets(loaded)
         for group in job["groups"]:
