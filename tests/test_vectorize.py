@@ -265,7 +265,9 @@ def test_a_large_group_trains_in_one_process_per_core(tiny_config, tmp_path, mon
     with open(log, "w") as fh:
         sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path, log=fh)
     assert counts == {"done": 8}
-    assert "8 trials differing in sweep.grid.train.learning_rate train as one JAX program in each of 2 processes" in log.read_text()
+    text = log.read_text()
+    assert "8 trials differing in sweep.grid.train.learning_rate train as one JAX program in each of 2 processes" in text
+    assert text.count(": done") == 8 and "skipped" not in text  # one line per trial, none claims it was skipped
     lanes = sorted(read_record(sweep_dir / t.id).extra["vectorized"]["lane"] for t in expand_sweep(cfg))
     assert lanes == ["1/2"] * 4 + ["2/2"] * 4
     assert list((sweep_dir / ".claims").iterdir()) == []

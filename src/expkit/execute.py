@@ -298,10 +298,11 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
             if lanes is not None:
                 lanes.cancel()
             raise
-        run_groups(cfg, trials, sweep_dir, plan, stale_after=stale_after, log=say)
+        vectorised = run_groups(cfg, trials, sweep_dir, plan, stale_after=stale_after, log=say)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         refresh(cfg, trials, sweep_dir)
-        _drive(cfg, trials, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after)
+        _drive(cfg, trials, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after,
+               announced=set(vectorised))
     finally:
         runner.close()
     counts = refresh(cfg, trials, sweep_dir, plots=True)
@@ -309,9 +310,10 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
 
 
 def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, progress, *, fail_fast: bool,
-           stale_after: float) -> None:
+           stale_after: float, announced: set[str] = frozenset()) -> None:
     """Hand the sweep's trials to `runner` in order, as it has room, until each is finished here,
-    recorded by another process, or (after a failure with fail_fast) left for the next run."""
+    recorded by another process, or (after a failure with fail_fast) left for the next run.
+    `announced`: trials this command finished already (vectorised), counted without a second line."""
     from .progress import Counts
 
     began = time.time()
@@ -375,7 +377,8 @@ def _drive(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, runner, 
                 theirs = status not in (PENDING, RUNNING) and _attempted_since(sweep_dir / t.id, began)
                 if status in FINISHED or theirs:
                     by = " by another process" if t.id in waiting_said else ", skipped"
-                    say(f"{head(t)}: {status}{by}")
+                    if t.id not in announced or status not in FINISHED:
+                        say(f"{head(t)}: {status}{by}")
                     state[t.id] = "done" if status in FINISHED else "failed"
                     continue
                 if status == RUNNING:  # its holder is alive
