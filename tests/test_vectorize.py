@@ -403,3 +403,17 @@ def test_the_jax_processes_check_their_trials_so_the_sweep_imports_no_backend(ti
                   log=open(os.devnull, "w"))
     assert str(here.value).startswith("trial 4 (model.layers.2.dropout.rate=1.5, seed 3): ")
     assert outs[1][0] == f"error: {here.value}"
+
+
+@needs_jax
+def test_when_the_jax_processes_cannot_check_this_process_does(tiny_config, tmp_path, monkeypatch):
+    """A JAX process that ends without answering: the checks run in the sweep's process, same message."""
+    monkeypatch.setattr(launch.Lanes, "check", lambda self, trials, numbers, say: None)
+    layers = [{"flatten": {}}, {"dense": {"units": 16, "activation": "relu"}}, {"dropout": {"rate": 0.1}},
+              {"dense": {"units": 3, "activation": "softmax"}}]
+    cfg = validate({**tiny_config, "name": "fallback", "model": {"layers": layers},
+                    "sweep": {"grid": {"model.layers.2.dropout.rate": [0.1, 0.2, 1.5]}, "vectorize": True}})
+    with pytest.raises(ConfigError) as info:
+        run_sweep(cfg, runs_dir=tmp_path, log=open(os.devnull, "w"))
+    assert str(info.value).startswith("trial 3 (model.layers.2.dropout.rate=1.5, seed 3): ")
+    assert not (tmp_path / "fallback").exists()

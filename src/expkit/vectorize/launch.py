@@ -228,9 +228,13 @@ def plan_vectorised(cfg, trials: list, sweep_dir, *, device: str, stale_after: f
         checked: set[str] = set()
 
         def measure(part: list) -> dict:
-            shapes = lanes.check(part, [numbers[t.id] for t in part], say) if lanes is not None else None
-            if shapes is None:
-                return measure_shapes(part)
+            if lanes is None:
+                return measure_shapes(part)  # the sweep's checks have run here already
+            shapes = lanes.check(part, [numbers[t.id] for t in part], say)
+            if shapes is None:  # a JAX process could not answer: the checks run here, message and all
+                from ..execute import preflight
+
+                return preflight(part, numbers=[numbers[t.id] for t in part], shapes=True)
             checked.update(shapes)
             return shapes
 
