@@ -36,7 +36,9 @@ $(VENV)/.installed-jax: $(VENV)/.installed
 JAX_TESTS = tests/test_backend.py tests/test_models.py tests/test_train.py tests/test_runner.py \
 	tests/test_trials.py tests/test_api.py tests/test_execute.py
 JAX_SKIP  = not four_processes and not sigterm
+# lint-imports first: the architecture's contracts (pyproject.toml, [tool.importlinter]); a broken one fails the run.
 test: install $(VENV)/.installed-jax
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 	EXPKIT_TEST_BACKEND=jax $(BIN)/python -m pytest -q $(JAX_TESTS) -k '$(JAX_SKIP)'
 

@@ -19,7 +19,7 @@ from expkit.config import validate
 from expkit.errors import ConfigError
 from expkit.runfolder import read_status
 from expkit.runner import run_experiment
-from expkit.trials import trial_id
+from expkit.sweep.trials import trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def interrupt_in_epoch(monkeypatch, epoch: int):
 
     import expkit.train as train_module
 
-    real = train_module._make_callbacks
+    real = train_module.make_callbacks
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_begin(self, e, logs=None):
@@ -50,7 +50,7 @@ def interrupt_in_epoch(monkeypatch, epoch: int):
             if self.epoch == epoch:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_make_callbacks", lambda *a, **k: real(*a, **k) + [Interrupt()])
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a, **k: real(*a, **k) + [Interrupt()])
 
 
 def rows(folder):
@@ -232,8 +232,8 @@ def test_a_run_stopped_early_and_interrupted_before_its_test_does_not_train_agai
         def on_train_end(self, logs=None):
             raise KeyboardInterrupt
 
-    real = train_module._make_callbacks
-    monkeypatch.setattr(train_module, "_make_callbacks", lambda *a, **k: real(*a, **k) + [InterruptAtTheEnd()])
+    real = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a, **k: real(*a, **k) + [InterruptAtTheEnd()])
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, runs_dir=tmp_path / "cut")
     monkeypatch.undo()

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from expkit.errors import ConfigError
-from expkit.plots import plot_bars, plot_curves, plot_overlay, plot_sweep, use_log_scale
+from expkit.report.plots import plot_bars, plot_curves, plot_overlay, plot_sweep, use_log_scale
 from expkit.report import collect_runs, comparison_table
 from test_report import metric_rows, write_run, write_sweep
 

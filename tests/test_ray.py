@@ -20,8 +20,8 @@ ray = pytest.importorskip("ray")
 
 from expkit.config import validate  # noqa: E402
 from expkit.errors import ConfigError  # noqa: E402
-from expkit.execute import run_sweep  # noqa: E402
-from expkit.trials import expand_sweep  # noqa: E402
+from expkit.sweep.driver import run_sweep  # noqa: E402
+from expkit.sweep.trials import expand_sweep  # noqa: E402
 from procs import alive, children  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,8 @@ def sweep_in_thread(cfg, runs_dir, **options):
 
     def target():
         try:
-            result["value"] = run_sweep(cfg, runs_dir=runs_dir, log=open(os.devnull, "w"), **options)
+            log = options.pop("log", None) or open(os.devnull, "w")
+            result["value"] = run_sweep(cfg, runs_dir=runs_dir, log=log, **options)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             result["error"] = exc
 
@@ -107,6 +108,34 @@ def test_a_ray_sweep_equals_one_job(local_ray, tmp_path, tiny_config, write_yaml
                            capture_output=True, text=True, timeout=SWEEP_SECONDS)
     assert alone.returncode == 0, alone.stderr[-3000:]
     pd.testing.assert_frame_equal(table(sweep_dir), table(tmp_path / "alone" / "rs"))
+
+
+needs_jax = pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+
+
+@needs_jax
+def test_a_vectorised_group_trains_as_one_ray_task_like_the_local_group(local_ray, tmp_path, tiny_config):
+    """`--executor ray` with `sweep.vectorize: true`: the four trials train as one JAX program in one Ray
+    task (one worker process, none of them here) and each trial's best val accuracy equals the same
+    group trained by the local JAX processes."""
+    import io
+
+    cfg = validate(sweep_cfg(tiny_config, name="rv", vectorize=True))
+    log = io.StringIO()
+    ray_dir, counts = finish(*sweep_in_thread(cfg, tmp_path / "ray", executor="ray", log=log))
+    assert counts == {"done": 4}
+    assert "train as one JAX program as a Ray task" in log.getvalue()
+    trials = expand_sweep(cfg)
+    on_ray = records(ray_dir, trials)
+    assert len({r["pid"] for r in on_ray}) == 1 and on_ray[0]["pid"] != os.getpid()  # one task, in Ray's worker
+    assert all(r["backend"] == "jax" and r["vectorized"]["trials"] == 4 for r in on_ray)
+    local_dir, counts = run_sweep(cfg, runs_dir=tmp_path / "local", log=open(os.devnull, "w"))
+    assert counts == {"done": 4}
+    local = records(local_dir, trials)
+    assert all(r["vectorized"]["trials"] == 4 and r["pid"] != os.getpid() for r in local)
+    for a, b in zip(on_ray, local):
+        assert a["best"]["val_accuracy"] == pytest.approx(b["best"]["val_accuracy"], abs=1e-4)
+        assert a["best"]["val_loss"] == pytest.approx(b["best"]["val_loss"], abs=1e-4)
 
 
 def _interval(record):
@@ -188,16 +217,16 @@ def test_two_drivers_on_one_sweep_train_each_trial_once(local_ray, tmp_path, tin
 
 
 def test_a_worker_that_cannot_see_the_runs_dir_says_so(tmp_path, tiny_config):
-    from expkit.ray_executor import trial_task
+    from expkit.sweep.executors.ray import unit_task
 
     trial = expand_sweep(validate(sweep_cfg(tiny_config)))[0]
-    result = trial_task(trial, str(tmp_path / "elsewhere" / "rs"), "auto", 600.0)
+    result = unit_task(trial, str(tmp_path / "elsewhere" / "rs"), "auto", 600.0)
     assert "does not exist on the Ray worker" in result["storage_error"]
     assert "storage every node sees" in result["storage_error"]
 
 
 def test_ray_missing_is_one_line_with_the_install_hint(monkeypatch, tiny_config, tmp_path):
-    from expkit import ray_executor
+    from expkit.sweep.executors import ray as ray_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ConfigError, match=r"expkit\[ray\]"):
@@ -205,7 +234,7 @@ def test_ray_missing_is_one_line_with_the_install_hint(monkeypatch, tiny_config,
 
 
 def test_task_env_forwards_expkit_settings_and_the_share(monkeypatch):
-    from expkit.ray_executor import task_env
+    from expkit.sweep.executors.ray import task_env
 
     env = task_env("jax", 0.5, 0.25, environ={"EXPKIT_OFFLINE": "1", "HOME": "/root", "XLA_FLAGS": ""})
     assert env["EXPKIT_OFFLINE"] == "1" and "HOME" not in env and env["KERAS_BACKEND"] == "jax"

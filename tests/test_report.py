@@ -496,7 +496,7 @@ def test_an_earlier_trial_with_the_same_values_keeps_its_own_row(lr_sweep):
 
 def test_reporting_never_imports_tensorflow():
     code = ("import sys; import expkit.diff; light = 'pandas' not in sys.modules; "
-            "import expkit.report, expkit.plots; expkit.report.architecture([{'dense': 3}]); "
+            "import expkit.report, expkit.report.plots; expkit.report.architecture([{'dense': 3}]); "
             "print(light, any(m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO / "src")}).stdout

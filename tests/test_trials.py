@@ -13,8 +13,9 @@ import yaml
 import expkit.runner as runner_mod
 from expkit.config import validate
 from expkit.errors import ConfigError
-from expkit.execute import run_sweep
-from expkit.trials import dry_run, expand_sweep, trial_id
+from expkit.sweep.driver import run_sweep
+from expkit.sweep.dryrun import dry_run
+from expkit.sweep.trials import expand_sweep, trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 

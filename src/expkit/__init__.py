@@ -9,7 +9,7 @@
 The entry points are loaded on first use, so `import expkit` imports no Keras backend.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _API = ("load_config", "run", "resume", "sweep", "table", "Run", "Sweep", "ConfigError")
 __all__ = [*_API, "__version__"]

@@ -118,11 +118,10 @@ class Sweep:
     @property
     def trials(self) -> list[Run]:
         """Every trial of the manifest that has a record, in manifest order."""
-        import json
+        from .runfolder import read_manifest
 
-        manifest = json.loads((self.path / "manifest.json").read_text())
         runs = []
-        for t in manifest.get("trials", []):
+        for t in read_manifest(self.path)["trials"]:
             folder = self.path / str(t.get("id"))
             if read_record(folder) is not None:
                 runs.append(Run.from_folder(folder))
@@ -161,11 +160,11 @@ def resume(run_dir: str | os.PathLike, *, device: str = "auto", track: list[str]
     and return the Run. `track` replaces the trackers its config names. A sweep's trials resume when
     the sweep runs again."""
     from .backend import activate
-    from .runfolder import FINISHED, RUNNING, RunFolder, is_run_folder, read_status
+    from .runfolder import FINISHED, RUNNING, RunFolder, is_run_folder, is_sweep_folder, read_status
     from .runner import run_experiment
 
     path = Path(run_dir)
-    if (path / "manifest.json").is_file() or (path.parent / "manifest.json").is_file():
+    if is_sweep_folder(path) or is_sweep_folder(path.parent):
         raise ConfigError("a sweep (or one of its trials): run the sweep's config again, `expkit run SWEEP.yaml`; "
                           "its interrupted trials continue from their checkpoints", file=path)
     if not is_run_folder(path) or not (path / "config.yaml").is_file():
@@ -192,7 +191,7 @@ def sweep(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = 
     cluster) override sweep.jobs, sweep.executor and sweep.address (docs/distributed.md)."""
     import io
 
-    from .execute import run_sweep
+    from .sweep.driver import run_sweep
 
     cfg = load_config(config, overrides)
     if cfg.sweep is None:

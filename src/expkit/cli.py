@@ -62,9 +62,9 @@ def cmd_run(args) -> int:
         activate(cfg.backend, device=args.device)
         if cfg.sweep is None:
             return cmd_summary(args, cfg)
-        from .trials import dry_run
+        from .sweep.dryrun import dry_run
 
-        dry_run(cfg)
+        dry_run(cfg, device=args.device, jobs=args.jobs, executor=args.executor)
         return 0
     if cfg.sweep is not None:
         with config_source(args.config):
@@ -143,7 +143,7 @@ def cmd_table(args) -> int:
     else:
         sys.stdout.write(text)
     if args.plot:
-        from .plots import plot_bars
+        from .report.plots import plot_bars
 
         plot_bars(table, args.plot, metric=args.metric)
     return 0
@@ -179,7 +179,7 @@ def cmd_diff(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="expkit", description="Keras experiments from YAML: run, sweep, compare.")
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"expkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

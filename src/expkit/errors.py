@@ -42,3 +42,39 @@ class ConfigError(Exception):
 
 class RunWriteError(Exception):
     """A run folder could not be written mid-run (disk full, permissions changed): one line, exit 1."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The line of an exception's message that says what is wrong: Keras' colour codes and its
+    "Exception encountered" banner left out; the exception's type when it has no message."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = lines[1:]
+    return lines[0][:300]
+
+
+# --- across a process boundary ----------------------------------------------------------------------
+# A worker process, a Ray task or a JAX child reports a user's mistake or a write failure to the sweep's
+# process as plain data (an exception's pickling is not what every transport keeps), and the sweep's
+# process raises it again: one format for every executor.
+
+
+def to_wire(exc: BaseException) -> tuple:
+    """A ConfigError or RunWriteError as plain data (`from_wire` raises it again)."""
+    if isinstance(exc, ConfigError):
+        return ("config", exc.message, exc.file, exc.path, getattr(exc, "number", None))
+    return ("write", str(exc), None, None, None)
+
+
+def from_wire(wire: tuple) -> Exception:
+    """The exception `to_wire` described."""
+    kind, message, file, path, number = wire
+    if kind == "write":
+        return RunWriteError(message)
+    error = ConfigError(message, file=file, path=path)
+    if number is not None:
+        error.number = number  # which trial, when several processes check parts of a sweep
+    return error

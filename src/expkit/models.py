@@ -5,21 +5,12 @@ from __future__ import annotations
 import re
 
 from .config import ExperimentConfig
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .layers import build_layer, layer_arguments
 from .registry import did_you_mean
 
 # Losses whose targets are class indices or one-hot vectors: the output must have one unit per class.
 CLASS_LOSSES = {"categorical_crossentropy", "sparse_categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"}
-
-
-def _first_line(exc: Exception) -> str:
-    """The line of a Keras message that says what is wrong (not its "Exception encountered" banner)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
-        lines = lines[1:]
-    return lines[0][:300]
 
 
 def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | None):
@@ -44,7 +35,7 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
         except ConfigError as exc:
             raise exc if exc.path else ConfigError(exc.message, path=path) from None
         except Exception as exc:  # Keras reports bad arguments and shapes with many exception types
-            raise ConfigError(f"Keras rejected this layer: {_first_line(exc)}", path=path) from None
+            raise ConfigError(f"Keras rejected this layer: {first_line(exc)}", path=path) from None
         shape = tuple(x.shape)
         if any(d is not None and d < 1 for d in shape[1:]):
             raise ConfigError(
@@ -108,7 +99,7 @@ def check_targets(cfg: ExperimentConfig, model, targets) -> None:
         encoding = "one-hot" if np.ndim(targets) == 2 else "integer"
         raise ConfigError(
             f"{cfg.train.loss} does not fit {encoding} labels (data.labels: {cfg.data.labels}) and the model's "
-            f"output {tuple(outputs.shape[1:])}: {_first_line(exc)}", path=("train", "loss")) from None
+            f"output {tuple(outputs.shape[1:])}: {first_line(exc)}", path=("train", "loss")) from None
 
 
 def output_shape(model) -> tuple:

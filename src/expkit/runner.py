@@ -73,10 +73,9 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
     `resume`: `folder` holds an unfinished run of `cfg`, which continues there from its checkpoint
     (from its first epoch when it has none), metrics.csv continued.
     """
-    from .backend import activate, current, seed_everything, versions
+    from .backend import activate, current, seed_everything
     from .checkpoint import read_checkpoint, save_model
-    from .models import count_params, summary_text
-    from .repro import describe, library_versions, resumed_entry
+    from .repro import resumed_entry
     from .tracking import Trackers, check_trackers
     from .train import TrainResult, train
 
@@ -90,13 +89,8 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
 
     run = folder or RunFolder.create(runs_dir, cfg.name)
     trackers = Trackers(cfg.track, run.path, cfg.to_dict(), trial)  # before the record, which lists their versions
-    total, trainable = count_params(model)
-    record = run.new_record(
-        cfg.name, seed=cfg.seed, trial=trial, params=total, trainable_params=trainable,
-        n_train=len(dataset.x_train), n_val=len(dataset.x_val),
-        n_test=0 if dataset.x_test is None else len(dataset.x_test),
-        device=device_name, inter_op_threads=inter_op_threads, backend=backend.name,
-        versions=library_versions(versions()), **describe(dataset, device_name))
+    record = new_record(run, cfg, model, dataset, device_name=device_name, trial=trial,
+                        inter_op_threads=inter_op_threads)
     checkpoint = read_checkpoint(run.path) if resume else None
     if resume:
         earlier = _earlier_record(run)
@@ -104,11 +98,7 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
         record.resumed = [*(earlier.resumed if earlier else []), resumed_entry(checkpoint.epoch if checkpoint else 0)]
     result = TrainResult(history=list(checkpoint.state["history"]) if checkpoint else [])  # kept if stopped again early
     try:
-        run.set_status(RUNNING)
-        if resume:  # the stopped attempt's record: it would outvote status.json; the checkpoint has its epochs
-            (run.path / "results.json").unlink(missing_ok=True)
-        run.write_config(cfg.to_dict())
-        run.write_summary(summary_text(model))
+        start_run(run, cfg, model, resume=resume)
         trackers.start(checkpoint.state["history"] if checkpoint else [])
 
         def on_epoch(history):
@@ -123,7 +113,7 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
         if status == DONE and cfg.train.save_model:
             save_model(model, run.path)
     except KeyboardInterrupt:
-        _finish(run, record, result, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)", trackers)
+        finish_run(run, record, result, INTERRUPTED, INTERRUPTED_MESSAGE, trackers)
         raise
     except ClaimLost:
         raise  # another process owns the folder now: write nothing more
@@ -131,13 +121,13 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
         _finish_quietly(run, record, result, f"could not write the run folder: {exc}")
         raise RunWriteError(f"{run.path}: could not write the run folder: {exc.strerror or exc}") from None
     except ConfigError as exc:
-        _finish(run, record, result, FAILED, str(exc), trackers)
+        finish_run(run, record, result, FAILED, str(exc), trackers)
         raise
     except Exception as exc:
-        _finish(run, record, result, FAILED, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", trackers)
+        finish_run(run, record, result, FAILED, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", trackers)
         raise
     try:
-        _finish(run, record, result, status, None, trackers)
+        finish_run(run, record, result, status, None, trackers)
     except OSError as exc:
         _finish_quietly(run, record, result, f"could not write the run folder: {exc}")
         raise RunWriteError(f"{run.path}: could not write the run folder: {exc.strerror or exc}") from None
@@ -155,7 +145,41 @@ def _earlier_record(run: RunFolder) -> RunRecord | None:
         return None
 
 
-def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str | None, trackers=None) -> None:
+def new_record(run: RunFolder, cfg: ExperimentConfig, model, dataset, *, device_name: str, trial: dict | None = None,
+               data_files=None, **extra) -> RunRecord:
+    """The record of a run about to train `model` on `dataset` (not written yet): what every run's
+    results.json says of its config, model, data, device and libraries. `data_files`: the files the
+    dataset was read from, when it was loaded in another process (their hash is the data's)."""
+    from .backend import current, versions
+    from .models import count_params
+    from .repro import data_fingerprint, describe, library_versions
+
+    total, trainable = count_params(model)
+    described = describe(dataset, device_name)
+    if described["data_sha256"] is None and data_files:
+        described["data_sha256"], described["data_files"] = data_fingerprint(data_files)
+    return run.new_record(
+        cfg.name, seed=cfg.seed, trial=trial, params=total, trainable_params=trainable,
+        n_train=len(dataset.x_train), n_val=len(dataset.x_val),
+        n_test=0 if dataset.x_test is None else len(dataset.x_test),
+        device=device_name, backend=current().name, versions=library_versions(versions()), **extra, **described)
+
+
+def start_run(run: RunFolder, cfg: ExperimentConfig, model, *, resume: bool = False) -> None:
+    """Mark the run as running and write what is known before training: its config and model summary."""
+    from .models import summary_text
+
+    run.set_status(RUNNING)
+    if resume:  # the stopped attempt's record: it would outvote status.json; the checkpoint has its epochs
+        (run.path / "results.json").unlink(missing_ok=True)
+    run.write_config(cfg.to_dict())
+    run.write_summary(summary_text(model))
+
+
+INTERRUPTED_MESSAGE = "interrupted (Ctrl-C or SIGTERM)"
+
+
+def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: str | None, trackers=None) -> None:
     """Write what was finished: metrics, the record, then the final status (in that order); a
     finished run's checkpoint is removed (model.keras is the model); then the trackers finish."""
     history = result.history
@@ -173,7 +197,7 @@ def _finish(run: RunFolder, record: RunRecord, result, status: str, error: str |
     run.set_status(status)
     if history:
         try:
-            from .plots import plot_curves
+            from .report.plots import plot_curves
 
             plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=record.name)
         except Exception as exc:  # a plot must never cost the run's record
@@ -196,7 +220,7 @@ def _plain(text: str | None) -> str | None:
 def _finish_quietly(run: RunFolder, record: RunRecord, result, error: str) -> None:
     """After a write failure: try to leave records that agree (failed), without raising again."""
     try:
-        _finish(run, record, result, FAILED, error)
+        finish_run(run, record, result, FAILED, error)
     except Exception:
         try:
             run.set_status(FAILED)

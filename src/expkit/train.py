@@ -112,7 +112,7 @@ def epoch_order(seed: int, epoch: int, n: int):
     return np.random.RandomState([seed, epoch]).permutation(n)
 
 
-def _make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callable[[list[dict]], None] | None):
+def make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callable[[list[dict]], None] | None):
     import keras
     import numpy as np
 
@@ -240,7 +240,7 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
     backend.prepare_compiled(model, result.steps_per_execution)
     has_val = len(dataset.x_val) > 0
     verbose = cfg.train.verbose if cfg.train.verbose != "auto" else (1 if sys.stdout.isatty() else 2)
-    callbacks = _make_callbacks(cfg, result, on_epoch)
+    callbacks = make_callbacks(cfg, result, on_epoch)
     n_test = len(dataset.x_test) if dataset.x_test is not None else 0
     eval_batch = result.eval_batch_size = eval_batch_size(cfg, (len(dataset.x_val), n_test))
     if cfg.train.test_each_epoch and dataset.x_test is not None and len(dataset.x_test):

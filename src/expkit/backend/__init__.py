@@ -121,7 +121,7 @@ def set_precision(precision: str) -> None:
 def versions() -> dict:
     import keras
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"python": platform.python_version(), **current().versions(), "keras": keras.__version__,
             "expkit": __version__}

@@ -8,7 +8,6 @@ cannot be read never stops a table: its row says `damaged`, and one line on stde
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError
 from ..files import read_yaml_file
-from ..runfolder import (DAMAGED, PENDING, DamagedRecord, RunRecord, is_run_folder, read_metrics, read_record,
+from ..runfolder import (DAMAGED, PENDING, DamagedRecord, RunRecord, is_run_folder, is_sweep_folder, read_manifest, read_metrics, read_record,
                          read_status)
 from .columns import (CONFIG_PREFIX, EARLIER, GRID, METRICS, RUN_COLUMNS, compact, flatten_config,
                       short_keys)
@@ -91,7 +90,7 @@ def _rows_for(path: Path, *, top: bool = True) -> list[dict]:
 
 def _kind(path: Path) -> str | None:
     """`sweep`, `run`, `run-name` (a folder holding run folders) or None."""
-    if (path / "manifest.json").is_file():
+    if is_sweep_folder(path):
         return "sweep"
     if is_run_folder(path):
         return "run"
@@ -118,22 +117,6 @@ def _latest_run(name_dir: Path) -> Path:
 
 
 # --- sweeps -----------------------------------------------------------------------------------------
-
-
-def read_manifest(sweep: Path) -> dict:
-    """A sweep's manifest.json: a mapping with a `trials` list of mappings. Other keys are optional,
-    and keys this version does not know are ignored."""
-    path = sweep / "manifest.json"
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"malformed JSON: line {exc.lineno}: {exc.msg}", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=path) from None
-    trials = data.get("trials") if isinstance(data, dict) else None
-    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
-        raise ConfigError("expected a mapping with a 'trials' list of mappings", file=path)
-    return data
 
 
 def sweep_name(sweep: Path, manifest: dict | None = None) -> str:

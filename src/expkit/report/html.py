@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import write_text_atomic
-from ..runfolder import DamagedRecord, read_record
+from ..runfolder import DamagedRecord, is_sweep_folder, manifest_trials, read_record
 from .collect import collect_runs, sweep_name
 from .columns import CONFIG_PREFIX, METRICS, STD_METRICS, cell_text, is_compared, is_missing
 from .formatting import format_number
@@ -222,7 +222,7 @@ def _provenance(folder: Path) -> str:
 
 
 def _run_card(index: int, run: dict, base: dict | None, columns: list[str], tmp: Path) -> str:
-    from ..plots import plot_curves
+    from .plots import plot_curves
 
     folder = Path(str(run.get("path")))
     label = str(run.get("run") or folder.name)
@@ -252,7 +252,7 @@ def _run_card(index: int, run: dict, base: dict | None, columns: list[str], tmp:
 def _sweep_section(sweep: Path, tmp: Path, index: int, beside: str = "") -> str:
     """A sweep's plots: metrics against the swept value (full width), then its trials' validation
     curves with `beside` (a figure) next to them."""
-    from ..plots import plot_overlay
+    from .plots import plot_overlay
 
     parts = [beside] if beside else []
     name = sweep_name(sweep)
@@ -260,9 +260,7 @@ def _sweep_section(sweep: Path, tmp: Path, index: int, beside: str = "") -> str:
         if (sweep / "sweep.png").is_file() else ""
     overlay = sweep / "val_curves.png"
     if not overlay.is_file():
-        import json
-
-        trials = json.loads((sweep / "manifest.json").read_text()).get("trials", [])
+        trials = manifest_trials(sweep)
         runs = [(sweep / str(t.get("id")), str(t.get("id"))) for t in trials]
         try:
             overlay = plot_overlay(runs, tmp / f"overlay-{index}.png")
@@ -278,8 +276,8 @@ def _sweep_section(sweep: Path, tmp: Path, index: int, beside: str = "") -> str:
 
 def render_html_report(paths, *, baseline: str | None = None, title: str | None = None) -> str:
     """The report page as one HTML string (see the module's docstring)."""
-    from .. import __version__
-    from ..plots import plot_bars
+    from ..version import __version__
+    from .plots import plot_bars
 
     paths = [Path(p) for p in paths]
     runs = collect_runs(paths)
@@ -291,7 +289,7 @@ def render_html_report(paths, *, baseline: str | None = None, title: str | None 
     when = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     with tempfile.TemporaryDirectory(prefix="expkit-report-") as tmpdir:
         tmp = Path(tmpdir)
-        sweep_dirs = [p for p in paths if (p / "manifest.json").is_file()]
+        sweep_dirs = [p for p in paths if is_sweep_folder(p)]
         bars = ""
         finite = [r for r in table.to_dict("records") if not math.isnan(float(r.get("best_val_accuracy", math.nan)))]
         if len(finite) >= 2:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import write_text_atomic
-from ..runfolder import FINISHED
+from ..runfolder import FINISHED, is_sweep_folder
 from .collect import collect_runs, sweep_name
 from .columns import (CONFIG_PREFIX, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
                       is_missing, short_keys)
@@ -218,7 +218,7 @@ def write_sweep_results(sweep_dir: str | Path) -> tuple[Path, Path]:
     """Rebuild `results.csv` and `results.md` of a sweep from its folders (the folders are the
     truth), each written whole; paths in them are relative to the sweep folder."""
     sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / "manifest.json").is_file():
+    if not is_sweep_folder(sweep_dir):
         raise ConfigError("not a sweep folder: expected manifest.json", file=sweep_dir)
     runs = collect_runs([sweep_dir])
     runs["path"] = [os.path.relpath(p, sweep_dir) for p in runs["path"]]

@@ -3,21 +3,19 @@ that already exist, from their config.yaml, metrics.csv and results.json."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import read_yaml_file
-from ..runfolder import RUNNING, DamagedRecord, is_run_folder, read_metrics, read_record, read_status
+from ..runfolder import RUNNING, DamagedRecord, is_run_folder, is_sweep_folder, read_manifest, read_metrics, read_record, read_status
 from . import TRACKERS, check_trackers
 
 
 def _folders(path: Path, *, top: bool = True) -> list[tuple[Path, dict | None, Path | None]]:
     """(run folder, its manifest trial or None, its sweep folder or None) for every run `path` stands
     for: a run folder, a sweep folder, a run-name folder (every run in it), or a folder of those."""
-    if (path / "manifest.json").is_file():
-        manifest = json.loads((path / "manifest.json").read_text())
-        return [(path / str(t.get("id")), t, path) for t in manifest.get("trials", [])
+    if is_sweep_folder(path):
+        return [(path / str(t.get("id")), t, path) for t in read_manifest(path)["trials"]
                 if is_run_folder(path / str(t.get("id")))]
     if is_run_folder(path):
         return [(path, None, None)]

@@ -74,7 +74,7 @@ def _find_run(client, experiment_id: str, folder: Path):
 
 def _parent_run_id(client, experiment_id: str, sweep_dir: Path) -> str:
     """The sweep's parent run, created by the first trial that asks (under the sweep's lock)."""
-    from ..trials import sweep_lock
+    from ..runfolder import sweep_lock
 
     with sweep_lock(sweep_dir):
         run = _find_run(client, experiment_id, sweep_dir)
@@ -178,10 +178,10 @@ def export_run(run_dir: Path, config: dict, trial: dict | None, history: list[di
 
 def finish_sweep(sweep_dir: Path) -> str:
     """Close the sweep's parent run with its tables and plots as artifacts."""
-    import json
+    from ..runfolder import read_manifest
 
     sweep_dir = Path(sweep_dir)
-    name = json.loads((sweep_dir / "manifest.json").read_text()).get("name") or sweep_dir.name
+    name = read_manifest(sweep_dir).get("name") or sweep_dir.name
     client = _client(sweep_dir.resolve().parent)
     experiment_id = _experiment_id(client, str(name))
     run_id = _parent_run_id(client, experiment_id, sweep_dir)

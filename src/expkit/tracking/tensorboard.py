@@ -13,7 +13,6 @@ parallel-coordinates views.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -171,9 +170,11 @@ def finish_sweep(sweep_dir: Path) -> str:
     from tensorboard.plugins.hparams import summary_v2 as hp
 
     sweep_dir = Path(sweep_dir)
-    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    from ..runfolder import read_manifest
+
+    manifest = read_manifest(sweep_dir)
     values: dict[str, list] = {}
-    for trial in manifest.get("trials", []):
+    for trial in manifest["trials"]:
         for key, value in {**(trial.get("values") or {}), "seed": trial.get("seed")}.items():
             seen = values.setdefault(key, [])
             value = hparam_value(value)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from .errors import ConfigError
-from .files import read_csv, write_figure_atomic
-from .report import DIFFERENCE_PREFIX, format_number
+from ..errors import ConfigError
+from ..files import read_csv, write_figure_atomic
+from .formatting import DIFFERENCE_PREFIX, format_number
 
 DPI = 100
 

@@ -201,10 +201,10 @@ class Program:
         except NotVectorizable:
             raise
         except Exception as exc:  # Keras code that needs one concrete number fails in many ways
-            from ..models import _first_line
+            from ...errors import first_line
 
             raise NotVectorizable(f"Keras could not trace the group's step ({type(exc).__name__}: "
-                                  f"{_first_line(exc)})") from None
+                                  f"{first_line(exc)})") from None
         return tuple(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs) for logs in (train, test))
 
     def _train_step(self, carry, active, x_pool, y_pool, pool_index, idx, knobs):

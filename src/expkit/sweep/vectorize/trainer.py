@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..stopping import check as check_stop
-from ..train import TrainResult, _make_callbacks, epoch_order, eval_batch_size, make_optimizer
+from ...stopping import check as check_stop
+from ...train import TrainResult, make_callbacks, epoch_order, eval_batch_size, make_optimizer
 from .program import Program, find_knobs
 
 
@@ -74,8 +74,8 @@ def build_member_model(cfg, dataset, steps_per_epoch: int):
     """The trial's compiled model, built as the one-at-a-time path builds it (same seed, same order)."""
     import keras
 
-    from ..backend import current
-    from ..runner import prepare
+    from ...backend import current
+    from ...runner import prepare
 
     keras.backend.clear_session(free_memory=False)  # fresh layer names, as each one-at-a-time trial has
     keras.utils.set_random_seed(cfg.seed)  # backend.seed_everything, less its TensorFlow import (see worker)
@@ -171,7 +171,7 @@ class GroupTrainer:
         self.compile_seconds = time.perf_counter() - started
         for i, member in enumerate(members):
             member.view = TrialView(self, i, self.template)
-            member.callbacks = _make_callbacks(member.cfg, member.result,
+            member.callbacks = make_callbacks(member.cfg, member.result,
                                                lambda history, m=member: m.on_epoch and m.on_epoch(history))
             member.result.steps_per_execution = max(1, self.n_train // self.batch)
             member.result.eval_batch_size = self.eval_batch

@@ -16,8 +16,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..config import split_key
-from ..errors import ConfigError, format_path
+from ...config import split_key
+from ...errors import ConfigError, format_path
 
 PROGRAM, HOST = "program", "host"  # a number the compiled program reads; one the host reads between epochs
 

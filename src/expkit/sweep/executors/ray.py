@@ -1,7 +1,8 @@
-"""A sweep's trials as Ray tasks: `expkit run SWEEP --executor ray [--address HOST:PORT]`.
+"""A sweep's units of work as Ray tasks: `expkit run SWEEP --executor ray [--address HOST:PORT]`.
 
-Each trial is one Ray task (`sweep.resources`: `num_cpus`, and `num_gpus`, which may be a fraction
-to pack several trials onto one GPU) that runs `execute.run_trial` on whichever node Ray picks, with
+Each unit (a trial, or a vectorised group trained as one JAX program) is one Ray task (`sweep.resources`:
+`num_cpus`, and `num_gpus`, which may be a fraction to pack several units onto one GPU) that runs
+units.run_unit on whichever node Ray picks, with
 its threads and its GPU memory held to its share (`backend.share_env`, `backend.cap_gpu_memory`).
 The workers write the run folders straight into the sweep folder, so the runs dir must be on storage
 every node sees, at the same path; a worker that cannot see it fails the sweep with one clear error.
@@ -24,15 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from . import stopping
-from .errors import ConfigError, RunWriteError
-from .execute import DatasetCache, TrialOutcome, preflight, run_trial, trial_backend
-from .runfolder import FAILED, INTERRUPTED, PENDING, RUNNING, read_status
-from .stopping import Terminated
-from .trials import Trial
+from ... import stopping
+from ...errors import ConfigError, RunWriteError, from_wire, to_wire
+from ...runfolder import FAILED, INTERRUPTED, PENDING, RUNNING, read_status
+from ...stopping import Terminated
+from ..procs import STOP_GRACE_SECONDS
+from ..trials import GroupUnit, unit_backend, unit_trials
+from ..units import run_unit
+from ..work import DatasetCache, TrialOutcome, preflight
 
 MAX_RETRIES = 3            # times Ray re-runs a trial's task whose worker process or node died
-STOP_GRACE_SECONDS = 60.0  # after Ctrl-C: time for the cancelled tasks to record themselves
 STATUS_POLL_SECONDS = 1.0  # how often the driver looks which submitted trials have started
 # The driver's settings that travel with every task (a worker node has its own environment).
 FORWARDED = ("EXPKIT_", "KERAS_", "TF_CPP_MIN_LOG_LEVEL")
@@ -87,8 +89,8 @@ def task_env(backend: str, cpus: float, gpus: float, environ=None) -> dict[str, 
     """The environment of a trial's task: the driver's expkit settings, its backend, its share of the
     node (threads from `cpus`; below one GPU, that fraction of the GPU's memory) and the driver's
     command line (the record's `command`, not the Ray worker's)."""
-    from .backend import share_env
-    from .repro import COMMAND_ENV, command_line
+    from ...backend import share_env
+    from ...repro import COMMAND_ENV, command_line
 
     environ = os.environ if environ is None else environ
     env = {k: v for k, v in environ.items() if k.startswith(FORWARDED)}
@@ -104,24 +106,32 @@ _DATASETS: DatasetCache | None = None  # a worker process reused for the next ta
 
 
 def _start_backend(backend: str, device: str, deterministic: bool) -> None:
-    from .backend import activate, cap_gpu_memory
+    from ...backend import activate, cap_gpu_memory
 
     activate(backend, device=device, deterministic=deterministic)
     cap_gpu_memory(backend)
 
 
-def preflight_task(trials: list[Trial], device: str) -> tuple | None:
-    """Every trial's checks on a worker: None, or a ConfigError's (message, file, path)."""
+def preflight_task(trials: list, device: str) -> tuple | None:
+    """Every trial's checks on a worker: None, or the first mistake as wire data (errors.to_wire)."""
     try:
-        _start_backend(trial_backend(trials[0]), device, any(t.config.train.deterministic for t in trials))
+        _start_backend(unit_backend(trials[0]), device, any(t.config.train.deterministic for t in trials))
         preflight(trials)
     except ConfigError as exc:
-        return exc.message, exc.file, exc.path
+        return to_wire(exc)
     return None
 
 
-def trial_task(trial: Trial, sweep_dir: str, device: str, stale_after: float) -> dict:
-    """A trial's task: train it (unless finished or held) through run_trial; what happened, as a dict."""
+def check_task(trials: list, numbers: list[int], device: str) -> tuple:
+    """Candidates for a vectorised group, checked on JAX on a worker (executors.pool._check's answer)."""
+    from ..vectorize.plan import check_candidates
+
+    _start_backend("jax", device, False)
+    return check_candidates(trials, numbers)
+
+
+def unit_task(unit, sweep_dir: str, device: str, stale_after: float) -> dict:
+    """A unit's task: train it (its trials unless finished or held) through run_unit; what happened."""
     global _DATASETS
     where = f"{socket.gethostname()} (pid {os.getpid()})"
     if not Path(sweep_dir).is_dir():
@@ -129,16 +139,14 @@ def trial_task(trial: Trial, sweep_dir: str, device: str, stale_after: float) ->
                                  "be on storage every node sees, mounted at the same path (docs/distributed.md)"}
     log = io.StringIO()
     try:
-        _start_backend(trial_backend(trial), device, trial.config.train.deterministic)
+        _start_backend(unit_backend(unit), device, any(t.config.train.deterministic for t in unit_trials(unit)))
         _DATASETS = _DATASETS or DatasetCache()
         with stopping.interrupt_on_sigint():  # Ray's cancel: noted, so that a swallowed interrupt is raised again
-            outcome = run_trial(trial, Path(sweep_dir), device=device, datasets=_DATASETS, stale_after=stale_after,
+            outcomes = run_unit(unit, Path(sweep_dir), device=device, datasets=_DATASETS, stale_after=stale_after,
                                 log=log)
-    except ConfigError as exc:  # found with the data: recorded in the trial's folder; it stops the sweep
-        return {"config_error": (exc.message, exc.file, exc.path), "log": log.getvalue(), "where": where}
-    except RunWriteError as exc:  # the sweep folder cannot be written: every later trial would fail too
-        return {"write_error": str(exc), "log": log.getvalue(), "where": where}
-    return {"status": outcome.status, "trained": outcome.trained, "message": outcome.message, "log": log.getvalue(),
+    except (ConfigError, RunWriteError) as exc:  # found with the data, or an unwritable sweep folder: stops the sweep
+        return {"error": to_wire(exc), "log": log.getvalue(), "where": where}
+    return {"outcomes": [(t.id, o.status, o.trained, o.message) for t, o in outcomes], "log": log.getvalue(),
             "where": where}
 
 
@@ -146,66 +154,86 @@ def trial_task(trial: Trial, sweep_dir: str, device: str, stale_after: float) ->
 
 
 class RayExecutor:
-    """Each trial a Ray task; as many in flight as the cluster's resources allow."""
+    """Each unit of work a Ray task; as many in flight as the cluster's resources allow."""
 
     in_process = False
 
-    def __init__(self, sweep_dir: Path, *, device: str, stale_after: float, log, resources=None,
-                 address: str | None = None):
+    def __init__(self, units, sweep_dir: Path, *, device: str, stale_after: float, log, resources=None,
+                 address: str | None = None, **_):
         self.sweep_dir = Path(sweep_dir)
         self.device, self.stale_after, self.log = device, stale_after, log
         self.cpus = float(getattr(resources, "cpus", 1.0))
-        self.gpus = float(getattr(resources, "gpus", 0.0))
+        self.gpus_per_task = float(getattr(resources, "gpus", 0.0))
         self.ray, self._owned = connect(address)
-        self._trial_task = self.ray.remote(trial_task)
-        self.in_flight: dict[str, tuple[int, Trial, int, object]] = {}
+        self._unit_task = self.ray.remote(unit_task)
+        self.gpus = self.gpus_per_task > 0  # where a vectorised group trains: a task with or without a GPU
+        self.in_flight: dict[str, tuple] = {}
         self._running: set[str] = set()
         self._looked = 0.0
         address = address or os.environ.get("RAY_ADDRESS")
         where = ("the Ray instance this process is connected to" if not self._owned
                  else f"the Ray cluster at {address}" if address else "a Ray instance on this machine (127.0.0.1)")
-        log.write(f"Ray: {where}; each trial reserves {self.cpus:g} CPU"
-                  + (f" and {self.gpus:g} GPU" if self.gpus else "") + "\n")
+        log.write(f"Ray: {where}; each trial or vectorised group reserves {self.cpus:g} CPU"
+                  + (f" and {self.gpus_per_task:g} GPU" if self.gpus_per_task else "") + "\n")
 
     def _options(self, backend: str, name: str) -> dict:
-        return dict(num_cpus=self.cpus, num_gpus=self.gpus, name=name,
-                    runtime_env={"env_vars": task_env(backend, self.cpus, self.gpus)})
+        return dict(num_cpus=self.cpus, num_gpus=self.gpus_per_task, name=name,
+                    runtime_env={"env_vars": task_env(backend, self.cpus, self.gpus_per_task)})
 
-    def preflight(self, trials: list[Trial]) -> None:
+    def preflight(self, trials: list) -> None:
         """Every trial's checks on the cluster (its nodes have the data and the backends), one task
         per backend; the first mistake is raised here, before anything is written."""
-        groups: dict[str, list[Trial]] = {}
+        groups: dict[str, list] = {}
         for trial in trials:
-            groups.setdefault(trial_backend(trial), []).append(trial)
+            groups.setdefault(unit_backend(trial), []).append(trial)
         task = self.ray.remote(preflight_task)
         refs = [task.options(max_retries=MAX_RETRIES, **self._options(backend, "expkit checks"))
                 .remote(group, self.device) for backend, group in groups.items()]
-        for error in self.ray.get(refs):
+        try:
+            errors = self.ray.get(refs)
+        except KeyboardInterrupt:
+            raise _interruption() from None
+        for error in errors:
             if error is not None:
-                message, file, path = error
-                raise ConfigError(message, file=file, path=path)
+                raise from_wire(error)
 
-    def room(self, trial: Trial) -> bool:
+    def check(self, trials: list, numbers: list[int], say) -> dict | None:
+        """Candidates for a vectorised group, checked on JAX in a task where the group would train."""
+        task = self.ray.remote(check_task)
+        ref = task.options(max_retries=MAX_RETRIES, **self._options("jax", "expkit checks")).remote(
+            trials, numbers, self.device)
+        try:
+            shapes, error, gpus = self.ray.get(ref)
+        except KeyboardInterrupt:
+            raise _interruption() from None
+        if error is not None:
+            raise from_wire(error)
+        self.gpus = gpus
+        return shapes
+
+    def room(self, unit) -> bool:
         return True  # Ray queues what the cluster cannot run yet
 
-    def submit(self, index: int, trial: Trial, total: int) -> None:
-        ref = self._trial_task.options(max_retries=MAX_RETRIES, retry_exceptions=False,
-                           **self._options(trial_backend(trial), f"expkit {trial.id}")).remote(
-            trial, str(self.sweep_dir), self.device, self.stale_after)
-        self.in_flight[trial.id] = (index, trial, total, ref)
+    def submit(self, index: int, unit, total: int) -> None:
+        name = f"expkit {unit.id}" if isinstance(unit, GroupUnit) else f"expkit {unit.id}"
+        ref = self._unit_task.options(max_retries=MAX_RETRIES, retry_exceptions=False,
+                                      **self._options(unit_backend(unit), name)).remote(
+            unit, str(self.sweep_dir), self.device, self.stale_after)
+        self.in_flight[unit.id] = (index, unit, total, ref)
 
     def started(self) -> set[str]:
-        """The submitted trials whose folders say they are training (looked at once a second); the
+        """The submitted units whose trials' folders say they are training (looked at once a second); the
         rest wait in Ray's queue. (The folder cannot say which driver's task trains it: a second
         driver's task finds the claim held and returns.)"""
         if time.monotonic() - self._looked >= STATUS_POLL_SECONDS:
             self._looked = time.monotonic()
-            for key in self.in_flight:
-                if key not in self._running and read_status(self.sweep_dir / key, self.stale_after) == RUNNING:
+            for key, (_, unit, _, _) in self.in_flight.items():
+                if key not in self._running and any(read_status(self.sweep_dir / t.id, self.stale_after) == RUNNING
+                                                    for t in unit_trials(unit)):
                     self._running.add(key)
         return self._running & set(self.in_flight)
 
-    def collect(self, timeout: float) -> list[tuple[Trial, TrialOutcome]]:
+    def collect(self, timeout: float) -> list[tuple]:
         refs = {entry[3]: key for key, entry in self.in_flight.items()}
         if not refs:
             return []
@@ -216,39 +244,41 @@ class RayExecutor:
             raise _interruption() from None
         out = []
         for ref in ready:
-            index, trial, total, _ = self.in_flight.pop(refs[ref])
-            self._running.discard(trial.id)
-            out.append((trial, self._outcome(trial, index, total, ref)))
+            index, unit, total, _ = self.in_flight.pop(refs[ref])
+            self._running.discard(unit.id)
+            out += self._outcomes(unit, index, total, ref)
         return out
 
-    def _outcome(self, trial: Trial, index: int, total: int, ref) -> TrialOutcome:
+    def _outcomes(self, unit, index: int, total: int, ref) -> list[tuple]:
         from ray.exceptions import RayError, TaskCancelledError
 
-        path = self.sweep_dir / trial.id
+        trials = unit_trials(unit)
         try:
             result = self.ray.get(ref)
         except TaskCancelledError:
-            status = read_status(path, self.stale_after)
-            return TrialOutcome(status, True, status)
+            return [(t, TrialOutcome(read_status(self.sweep_dir / t.id, self.stale_after), True,
+                                     read_status(self.sweep_dir / t.id, self.stale_after))) for t in trials]
         except RayError as exc:  # the worker died more than MAX_RETRIES times, its node was lost, a bug
-            status = read_status(path, self.stale_after)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return TrialOutcome(FAILED if status == RUNNING else status, True,
-                                f"{status}: the Ray task failed ({type(exc).__name__}: {first})")
-        for line in result.get("log", "").splitlines():  # what run_trial said on the worker, and where
+            out = []
+            for t in trials:
+                status = read_status(self.sweep_dir / t.id, self.stale_after)
+                out.append((t, TrialOutcome(FAILED if status == RUNNING else status, True,
+                                            f"{status}: the Ray task failed ({type(exc).__name__}: {first})")))
+            return out
+        prefix = "" if isinstance(unit, GroupUnit) else f"[{index}/{total}] "
+        for line in result.get("log", "").splitlines():  # what the unit said on the worker, and where
             if line.strip():
-                self.log.write(f"[{index}/{total}] {line} on {result.get('where')}\n")
+                self.log.write(f"{prefix}{line} on {result.get('where')}\n")
         if "storage_error" in result:
             raise ConfigError(result["storage_error"], file=self.sweep_dir)
-        if "write_error" in result:
-            raise RunWriteError(result["write_error"])
-        if "config_error" in result:
-            message, file, path_ = result["config_error"]
-            raise ConfigError(message, file=file, path=path_)
-        return TrialOutcome(result["status"], result["trained"], result["message"])
+        if "error" in result:
+            raise from_wire(result["error"])
+        by_id = {t.id: t for t in trials}
+        return [(by_id[tid], TrialOutcome(status, trained, message)) for tid, status, trained, message in result["outcomes"]]
 
-    def stop(self) -> list[tuple[Trial, TrialOutcome]]:
-        """Cancel every task: a running one gets KeyboardInterrupt and records itself `interrupted`."""
+    def stop(self) -> list[tuple]:
+        """Cancel every task: a running one gets KeyboardInterrupt and records its trials `interrupted`."""
         refs = [entry[3] for entry in self.in_flight.values()]
         for ref in refs:
             try:
@@ -258,10 +288,11 @@ class RayExecutor:
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_SECONDS)
         out = []
-        for key, (index, trial, total, ref) in list(self.in_flight.items()):
-            status = read_status(self.sweep_dir / key, self.stale_after)
-            if status != PENDING:
-                out.append((trial, TrialOutcome(status, True, status if status != RUNNING else INTERRUPTED)))
+        for _, unit, _, _ in list(self.in_flight.values()):
+            for t in unit_trials(unit):
+                status = read_status(self.sweep_dir / t.id, self.stale_after)
+                if status != PENDING:
+                    out.append((t, TrialOutcome(status, True, status if status != RUNNING else INTERRUPTED)))
         self.in_flight.clear()
         return out
 

@@ -1,0 +1,292 @@
+"""The sweep's driver: `run_sweep` expands the sweep, has every trial checked before anything trains,
+plans the vectorised groups, and hands the units of work (vectorised groups first, then single trials)
+to the executors as they have room, until each trial is finished here, recorded by another process,
+or left for the next run.
+
+Any number of processes may run `run_sweep` on one sweep folder: each trial is trained once (the
+claims, work.claim_trial), and a process that finds trials held by others waits for them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..config import ExperimentConfig
+from ..errors import ConfigError, RunWriteError
+from ..runfolder import DEFAULT_STALE_AFTER, FAILED, FINISHED, PENDING, RUNNING, Holder, read_status
+from ..stopping import check as check_stop
+from .executors import make_executor
+from .tables import refresh
+from .trials import GroupUnit, expand_sweep, unit_trials
+
+POLL_SECONDS = 1.0
+
+
+def execution_lines(cfg: ExperimentConfig, trials: list, *, jobs: int | None, executor: str | None,
+                    grouped: int) -> list[str]:
+    """What the run does with its trials, one line each: where the vectorised groups and the other
+    trials train, and why an option does not apply (also printed by --dry-run)."""
+    jobs = cfg.sweep.jobs if jobs is None else jobs
+    kind = executor or cfg.sweep.executor
+    alone = len(trials) - grouped
+    lines = []
+    if kind == "ray":
+        res = cfg.sweep.resources
+        lines.append(f"runs: each of the {alone} trials outside groups and each vectorised group as one Ray task "
+                     f"({res.cpus:g} CPU" + (f", {res.gpus:g} GPU" if res.gpus else "") + " each)"
+                     if grouped else f"runs: each of the {alone} trials as one Ray task")
+        return lines
+    if grouped:
+        lines.append(f"runs: the {grouped} trials of the vectorised groups in JAX processes of this machine (a large "
+                     "group split over one process per core)"
+                     + (f"; --jobs {jobs} applies to the other trials" if jobs > 1 and alone else ""))
+    if alone:
+        lines.append(f"runs: {'the other' if grouped else 'the'} {alone} trials "
+                     + ("one at a time" if jobs == 1 else f"{jobs} at a time in worker processes"))
+    return lines
+
+
+def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", fail_fast: bool = False,
+              stale_after: float = DEFAULT_STALE_AFTER, log=None, jobs: int | None = None,
+              executor: str | None = None, address: str | None = None) -> tuple[Path, dict]:
+    """Run every trial not yet finished; returns (sweep folder, counts by status).
+
+    `jobs`, `executor` and `address` override sweep.jobs, sweep.executor and sweep.address: `jobs`
+    trials at once in worker processes on this machine, or each unit a Ray task. Trials held by
+    other live processes are waited for; trials that another process attempted while this one ran
+    are left as that process recorded them (each process tries a trial once).
+    """
+    from ..progress import ProgressLog, SweepProgress
+    from ..runner import ensure_writable
+    from .vectorize.plan import early_lanes, lane_count, plan_vectorised
+
+    log = log or sys.stderr
+    jobs = cfg.sweep.jobs if jobs is None else jobs
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number of at least 1, found {jobs!r}")
+    kind = executor or cfg.sweep.executor
+    trials = expand_sweep(cfg)
+    ensure_writable(runs_dir)
+    sweep_dir = ensure_writable(Path(runs_dir) / cfg.name).absolute()
+    isatty = getattr(log, "isatty", None)
+    live = bool(isatty and isatty()) and not (kind == "local" and jobs == 1)
+    progress = SweepProgress(cfg.name, log, live=live)
+    say = ProgressLog(progress)
+
+    def tell(line: str) -> None:
+        print(line, file=say)
+
+    runner = make_executor(kind, trials, sweep_dir, jobs=jobs, device=device, stale_after=stale_after, log=say,
+                           live=live, resources=cfg.sweep.resources, address=address or cfg.sweep.address)
+    lanes = None  # the JAX processes of this machine that train vectorised groups (executor local)
+    try:
+        pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
+        if kind != "ray":
+            # JAX processes started now when the config says a group is likely; they then check the
+            # trials they will train, and the trial executor checks only the rest (on their backend).
+            early = early_lanes(cfg, trials, sweep_dir, device=device, stale_after=stale_after)
+            if early:
+                lanes = _lanes(early, sweep_dir, device, stale_after, say, live)
+        if lanes is None:
+            runner.preflight(pending)
+        plan = plan_vectorised(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say,
+                               checker=runner if kind == "ray" else lanes)
+        if lanes is not None:
+            runner.preflight([t for t in pending if t.id not in plan.checked])
+        for note in plan.notes:
+            tell(note)
+        if kind == "ray":
+            units = plan.units(cfg, 1, budget_bytes=0.0, hand_over=False)
+            groups_on = runner
+        elif plan.groups:
+            n = lane_count(plan.groups)
+            lanes = lanes or _lanes(n, sweep_dir, device, stale_after, say, live)
+            units, groups_on = plan.units(cfg, n), lanes
+        else:
+            units, groups_on = [], None
+        grouped = {t.id for u in units for t in u.trials}
+        for line in execution_lines(cfg, pending, jobs=jobs, executor=kind, grouped=len(grouped)):
+            tell(line)
+        for i, g in enumerate(plan.groups, 1):
+            shares = sum(1 for u in units if u.label == f"{i}/{len(plan.groups)}")
+            tell(f"vectorize: group {i}/{len(plan.groups)}: {len(g.trials)} trials differing in "
+                f"{', '.join(g.keys) or 'nothing'} train as one JAX program"
+                + (f" in each of {shares} processes" if shares > 1 else "") + (" as a Ray task" if kind == "ray" else ""))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        refresh(cfg, trials, sweep_dir)
+        announced: set[str] = set()
+        if units:
+            try:
+                announced = _drive(cfg, trials, units, sweep_dir, groups_on, progress, fail_fast=fail_fast,
+                                   stale_after=stale_after, last=False)
+            finally:
+                if lanes is not None:
+                    lanes.close()
+                    lanes = None
+        _drive(cfg, trials, trials, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after,
+               announced=announced)
+    finally:
+        if lanes is not None:
+            lanes.close()
+        runner.close()
+    counts = refresh(cfg, trials, sweep_dir, plots=True)
+    return sweep_dir, counts
+
+
+def _lanes(count: int, sweep_dir: Path, device: str, stale_after: float, log, live: bool):
+    """`count` JAX worker processes of this machine, started now, for the vectorised groups."""
+    from .executors.pool import WorkerPool
+
+    pool = WorkerPool(count, sweep_dir, device=device, stale_after=stale_after, log=log, quiet_stdout=live, cores=count)
+    pool.start("jax", count)
+    return pool
+
+
+def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, runner, progress, *, fail_fast: bool,
+           stale_after: float, announced: set[str] = frozenset(), last: bool = True) -> set[str]:
+    """Hand `units` to `runner` in order, as it has room, until each trial is finished here, recorded by
+    another process, or (after a failure with fail_fast) left for the next run. `trials`: the whole
+    sweep (the progress line counts them all); `announced`: trials this command finished already (in
+    vectorised groups), counted without a second line. `last`: the final pass, which also says what it
+    skips and waits for trials held by other processes; an earlier pass (the vectorised groups) leaves
+    what it did not train to the last. Returns the ids of the trials this pass trained."""
+    from ..progress import Counts
+
+    began = time.time()
+    n = len(trials)
+    pos = {t.id: i for i, t in enumerate(trials, 1)}
+    done_before = {t.id for t in trials if t.id in announced}
+    state = {t.id: ("done" if t.id in done_before else "queued") for t in trials}
+    queue: list = list(units)
+    waiting: list = []
+    waiting_said: set[str] = set()
+    trained: set[str] = set()
+    finished_here = len(done_before)
+    say = progress.log
+
+    def index(u) -> int:
+        return pos[unit_trials(u)[0].id]
+
+    def head(t) -> str:
+        return t.heading(pos[t.id], n)
+
+    def show(force: bool = False) -> None:
+        started = runner.started()
+        running = {t.id for u in queue_in_flight() if u.id in started for t in unit_trials(u)}
+        c = Counts()
+        for t in trials:
+            s = state[t.id]
+            if s == "done":
+                c.done += 1
+            elif s == "failed":
+                c.failed += 1
+            elif s == "waiting" or (s == "running" and t.id in running):
+                c.running += 1
+            else:
+                c.queued += 1
+        progress.update(c, finished_here=finished_here, force=force)
+
+    in_flight_units: dict[str, object] = {}
+
+    def queue_in_flight():
+        return list(in_flight_units.values())
+
+    def wait_for(t, why: str) -> None:
+        """`t` is held by another live process: look at it again once that one lets go."""
+        if t.id not in waiting_said:
+            say(f"{head(t)}: {why}; waiting for it")
+            waiting_said.add(t.id)
+        waiting.append(t)
+        state[t.id] = "waiting"
+
+    def settle(t, outcome, tables: bool = True) -> None:
+        nonlocal finished_here
+        if not last and not outcome.trained:  # not trained in its group: the last pass sees to it
+            state[t.id] = "queued"
+            return
+        say(f"{head(t)}: {outcome.message}")
+        state[t.id] = "done" if outcome.status in FINISHED else "failed"
+        if outcome.trained:
+            finished_here += 1
+            trained.add(t.id)
+            if tables:  # the manifest and results as trials finish
+                refresh(cfg, trials, sweep_dir)
+
+    try:
+        show(force=True)
+        while queue or runner.in_flight or waiting:
+            check_stop()
+            for t in list(waiting):  # a holder let go: look at the trial again
+                if read_status(sweep_dir / t.id, stale_after) != RUNNING:
+                    waiting.remove(t)
+                    queue.append(t)
+                    state[t.id] = "queued"
+            queue.sort(key=index)
+            while queue and runner.room(queue[0]):
+                u = queue.pop(0)
+                if not isinstance(u, GroupUnit):
+                    t = u
+                    if t.id in announced:
+                        continue
+                    status = read_status(sweep_dir / t.id, stale_after)
+                    theirs = status not in (PENDING, RUNNING) and _attempted_since(sweep_dir / t.id, began)
+                    if status in FINISHED or theirs:
+                        by = " by another process" if t.id in waiting_said else ", skipped"
+                        say(f"{head(t)}: {status}{by}")
+                        state[t.id] = "done" if status in FINISHED else "failed"
+                        continue
+                    if status == RUNNING:  # its holder is alive
+                        wait_for(t, "running in another process")
+                        continue
+                runner.submit(index(u), u, n)
+                in_flight_units[u.id] = u
+                for t in unit_trials(u):
+                    state[t.id] = "running"
+            show()
+            if not runner.in_flight:
+                in_flight_units.clear()
+                if waiting:
+                    time.sleep(POLL_SECONDS)
+                continue
+            for t, outcome in runner.collect(POLL_SECONDS):
+                if last and not outcome.trained and outcome.status == RUNNING:
+                    wait_for(t, outcome.message)
+                    continue
+                settle(t, outcome)
+                if outcome.status == FAILED and fail_fast and (queue or waiting):
+                    say("--fail-fast: stopping after the first failed trial"
+                        + ("; waiting for the trials already running" if runner.in_flight else ""))
+                    for left in queue + waiting:
+                        for lt in unit_trials(left):
+                            state[lt.id] = "queued"
+                    queue.clear()
+                    waiting.clear()
+            for key in [k for k in in_flight_units if k not in runner.in_flight]:
+                del in_flight_units[key]
+            show()
+    except (KeyboardInterrupt, ConfigError, RunWriteError):
+        for t, outcome in runner.stop():  # every running trial records itself as interrupted
+            settle(t, outcome, tables=False)
+        try:
+            refresh(cfg, trials, sweep_dir)
+        except RunWriteError:
+            pass  # the first error is the one to report
+        progress.close()
+        raise
+    show()
+    if last:
+        progress.close()
+    return trained
+
+
+def _attempted_since(folder: Path, began: float) -> bool:
+    """Whether another process recorded an attempt at this trial after `began` (then it is theirs)."""
+    try:
+        data = json.loads((folder / "status.json").read_text())
+        holder = Holder.from_dict(data)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return holder is not None and holder.heartbeat >= began

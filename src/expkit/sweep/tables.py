@@ -1,0 +1,70 @@
+"""The sweep folder's manifest, tables and plots, rewritten from the trials' run folders (the folders
+are the truth) whenever trials finish."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..config import ExperimentConfig
+from ..errors import RunWriteError
+from ..files import write_json_atomic
+from ..runfolder import MANIFEST, manifest_trials, read_status, sweep_lock
+from .trials import Trial
+
+
+def manifest(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path) -> dict:
+    """The sweep's manifest: its trials in order with their statuses, then the trials of earlier
+    versions of the sweep that still have folders here (`in_grid: false`), so no record is dropped."""
+    keys = list(cfg.sweep.grid) + list(cfg.sweep.zip)
+    current = {t.id for t in trials}
+    earlier = [t for t in manifest_trials(sweep_dir)
+               if t.get("id") not in current and (sweep_dir / str(t.get("id"))).is_dir()]
+    for t in earlier:
+        keys += [k for k in t.get("values") or {} if k not in keys]
+    return {
+        "name": cfg.name,
+        "keys": keys,
+        "seeds": cfg.sweep.seeds,
+        "trials": [{"id": t.id, "values": t.values, "seed": t.seed, "status": read_status(sweep_dir / t.id)}
+                   for t in trials]
+        + [{**t, "status": read_status(sweep_dir / str(t["id"])), "in_grid": False} for t in earlier],
+    }
+
+
+def refresh(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, plots: bool = False) -> dict:
+    """Rewrite the manifest and the tables from the folders (the folders are the truth); returns
+    the current grid's counts by status."""
+    from ..report import write_sweep_results
+
+    try:
+        with sweep_lock(sweep_dir):
+            data = manifest(cfg, trials, sweep_dir)
+            write_json_atomic(sweep_dir / MANIFEST, data)
+            counts: dict[str, int] = {}
+            for t in data["trials"]:
+                if t.get("in_grid", True):
+                    counts[t["status"]] = counts.get(t["status"], 0) + 1
+            write_sweep_results(sweep_dir)
+            if plots:
+                _sweep_plots(cfg, trials, sweep_dir)
+    except OSError as exc:
+        raise RunWriteError(f"{sweep_dir}: cannot write the sweep's manifest and tables: {exc.strerror or exc}") from None
+    return counts
+
+
+def _sweep_plots(cfg, trials, sweep_dir: Path) -> None:
+    from ..report import collect_runs, comparison_table
+    from ..report.plots import plot_overlay, plot_sweep
+
+    try:
+        table = comparison_table(collect_runs([sweep_dir]))
+        keys = list(cfg.sweep.grid) + list(cfg.sweep.zip)
+        numeric = [k for k in keys if all(isinstance(t.values[k], (int, float)) and not isinstance(t.values[k], bool) for t in trials)]
+        if len(keys) == 1 and numeric:
+            plot_sweep(table, numeric[0], sweep_dir / "sweep.png")
+        runs = [(sweep_dir / t.id, f"{t.label()} s{t.seed}") for t in trials if (sweep_dir / t.id / "metrics.csv").exists()]
+        if runs:
+            plot_overlay(runs, sweep_dir / "val_curves.png")
+    except Exception as exc:  # plots never cost the sweep's results
+        print(f"expkit: could not draw the sweep plots: {exc}", file=sys.stderr)
