@@ -232,3 +232,10 @@ def test_table_of_one_run(tiny_config, tmp_path):
         assert row["best_val_accuracy"] == pytest.approx(run.record.best["val_accuracy"], abs=5e-5)
         assert row["best_loss"] == pytest.approx(run.record.best["loss"], abs=5e-5)
     assert run.summary().equals(expkit.table([run.path]))
+
+
+def test_the_sweeps_package_never_hides_the_sweep_function():
+    """A subpackage named like an API function would replace it on the package once imported."""
+    import expkit.sweeps.driver  # noqa: F401
+
+    assert callable(expkit.sweep) and expkit.sweep.__module__ == "expkit.api"

@@ -19,7 +19,7 @@ from expkit.config import validate
 from expkit.errors import ConfigError
 from expkit.runfolder import read_status
 from expkit.runner import run_experiment
-from expkit.sweep.trials import trial_id
+from expkit.sweeps.trials import trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 

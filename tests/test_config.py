@@ -341,7 +341,7 @@ def test_set_index_errors_use_the_printed_form(write_yaml):
 
 
 def test_sweep_grid_key_with_brackets_expands(write_yaml):
-    from expkit.sweep.trials import expand_sweep
+    from expkit.sweeps.trials import expand_sweep
 
     cfg = load_config(write_yaml("a.yaml", {"model": {"layers": [{"flatten": {}}, {"dense": {"units": 10}}]},
                                             "sweep": {"grid": {"model.layers[1].dense.units": [10, 20]}}}))

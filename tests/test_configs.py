@@ -19,7 +19,7 @@ import pytest
 from expkit.config import load_config
 from expkit.models import count_params, layer_table, output_shape
 from expkit.runner import prepare
-from expkit.sweep.trials import expand_sweep
+from expkit.sweeps.trials import expand_sweep
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))

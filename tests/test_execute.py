@@ -14,8 +14,8 @@ import yaml
 
 from expkit.config import validate
 from expkit.errors import ConfigError
-from expkit.sweep.driver import run_sweep
-from expkit.sweep.trials import expand_sweep
+from expkit.sweeps.driver import run_sweep
+from expkit.sweeps.trials import expand_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -167,7 +167,7 @@ def test_a_sweep_folder_that_stops_being_writable_is_one_line_exit_1(tmp_path, t
     and the finished trial's record intact."""
     import errno
 
-    import expkit.sweep.tables as trials_mod
+    import expkit.sweeps.tables as trials_mod
     from expkit.cli import main
 
     real = trials_mod.write_json_atomic

@@ -14,7 +14,7 @@ import yaml
 
 from expkit.backend import share_env
 from expkit.progress import Counts, SweepProgress, format_seconds
-from expkit.sweep.procs import threads_per_worker
+from expkit.sweeps.procs import threads_per_worker
 from procs import alive, children
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ ray = pytest.importorskip("ray")
 
 from expkit.config import validate  # noqa: E402
 from expkit.errors import ConfigError  # noqa: E402
-from expkit.sweep.driver import run_sweep  # noqa: E402
-from expkit.sweep.trials import expand_sweep  # noqa: E402
+from expkit.sweeps.driver import run_sweep  # noqa: E402
+from expkit.sweeps.trials import expand_sweep  # noqa: E402
 from procs import alive, children  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_two_drivers_on_one_sweep_train_each_trial_once(local_ray, tmp_path, tin
 
 
 def test_a_worker_that_cannot_see_the_runs_dir_says_so(tmp_path, tiny_config):
-    from expkit.sweep.executors.ray import unit_task
+    from expkit.sweeps.executors.ray import unit_task
 
     trial = expand_sweep(validate(sweep_cfg(tiny_config)))[0]
     result = unit_task(trial, str(tmp_path / "elsewhere" / "rs"), "auto", 600.0)
@@ -226,7 +226,7 @@ def test_a_worker_that_cannot_see_the_runs_dir_says_so(tmp_path, tiny_config):
 
 
 def test_ray_missing_is_one_line_with_the_install_hint(monkeypatch, tiny_config, tmp_path):
-    from expkit.sweep.executors import ray as ray_executor
+    from expkit.sweeps.executors import ray as ray_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ConfigError, match=r"expkit\[ray\]"):
@@ -234,7 +234,7 @@ def test_ray_missing_is_one_line_with_the_install_hint(monkeypatch, tiny_config,
 
 
 def test_task_env_forwards_expkit_settings_and_the_share(monkeypatch):
-    from expkit.sweep.executors.ray import task_env
+    from expkit.sweeps.executors.ray import task_env
 
     env = task_env("jax", 0.5, 0.25, environ={"EXPKIT_OFFLINE": "1", "HOME": "/root", "XLA_FLAGS": ""})
     assert env["EXPKIT_OFFLINE"] == "1" and "HOME" not in env and env["KERAS_BACKEND"] == "jax"
@@ -281,3 +281,26 @@ def test_sigterm_to_a_ray_driver_records_its_trials_interrupted(tmp_path, tiny_c
     while time.time() < deadline and [p for p in started_by_driver if alive(p)]:
         time.sleep(0.5)
     assert not [p for p in started_by_driver if alive(p)]
+
+
+def test_an_address_where_nothing_listens_ends_at_once_naming_the_key(tmp_path, tiny_config, write_yaml):
+    """Ray itself retries such an address for minutes; expkit refuses it within seconds, exit 2."""
+    path = write_yaml("rs.yaml", sweep_cfg(tiny_config))
+    began = time.monotonic()
+    out = subprocess.run(cli("run", path, "--runs-dir", tmp_path / "runs", "--executor", "ray", "--address",
+                             "127.0.0.1:1"), env=ENV, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - began
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "sweep.address: no Ray cluster answers at 127.0.0.1:1" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs" / "rs").exists()
+    assert took < 60, f"took {took:.1f} s"
+
+
+def test_a_reservation_the_cluster_can_never_meet_is_refused(local_ray, tmp_path, tiny_config):
+    """The local instance declares one GPU: two per task could never be scheduled."""
+    cfg = validate(sweep_cfg(tiny_config, resources={"gpus": 2}))
+    with pytest.raises(ConfigError) as info:
+        run_sweep(cfg, runs_dir=tmp_path, log=open(os.devnull, "w"), executor="ray")
+    assert info.value.path == "sweep.resources.gpus"
+    assert "reserves 2 GPU, and the Ray cluster has 1" in info.value.message
+    assert not (tmp_path / "rs").exists()

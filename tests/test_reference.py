@@ -13,7 +13,7 @@ from expkit.diff import diff_tables
 from expkit.errors import ConfigError
 from expkit.report import (PUBLISHED, add_differences, collect_runs, comparison_table, format_table, load_reference,
                            with_reference)
-from expkit.sweep.trials import expand_sweep
+from expkit.sweeps.trials import expand_sweep
 from test_report import write_run
 
 REPO = Path(__file__).resolve().parents[1]

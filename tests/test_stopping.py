@@ -13,8 +13,8 @@ import yaml
 
 from expkit import stopping
 from expkit.config import validate
-from expkit.sweep.driver import run_sweep
-from expkit.sweep.vectorize import plan as launch
+from expkit.sweeps.driver import run_sweep
+from expkit.sweeps.vectorize import plan as launch
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -58,8 +58,8 @@ JAX_GROUP = """
 import keras
 from expkit.config import validate
 from expkit.repro import load_dataset
-from expkit.sweep.trials import expand_sweep
-from expkit.sweep.vectorize.trainer import GroupTrainer, Member, build_member_model
+from expkit.sweeps.trials import expand_sweep
+from expkit.sweeps.vectorize.trainer import GroupTrainer, Member, build_member_model
 
 trials = expand_sweep(validate(yaml.safe_load(open(sys.argv[1]))))
 cfgs = [t.config.model_copy(update={"backend": "jax"}) for t in trials]

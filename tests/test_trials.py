@@ -13,9 +13,9 @@ import yaml
 import expkit.runner as runner_mod
 from expkit.config import validate
 from expkit.errors import ConfigError
-from expkit.sweep.driver import run_sweep
-from expkit.sweep.dryrun import dry_run
-from expkit.sweep.trials import expand_sweep, trial_id
+from expkit.sweeps.driver import run_sweep
+from expkit.sweeps.dryrun import dry_run
+from expkit.sweeps.trials import expand_sweep, trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,13 +14,13 @@ import yaml
 
 from expkit.config import validate
 from expkit.errors import ConfigError
-from expkit.sweep.driver import run_sweep
+from expkit.sweeps.driver import run_sweep
 from expkit.runfolder import read_metrics, read_record
-from expkit.sweep.dryrun import dry_run
-from expkit.sweep.trials import expand_sweep
-from expkit.sweep.vectorize import grouping
-from expkit.sweep.vectorize import plan as launch
-from expkit.sweep.vectorize.grouping import ModelShape
+from expkit.sweeps.dryrun import dry_run
+from expkit.sweeps.trials import expand_sweep
+from expkit.sweeps.vectorize import grouping
+from expkit.sweeps.vectorize import plan as launch
+from expkit.sweeps.vectorize.grouping import ModelShape
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -103,7 +103,7 @@ def test_a_knob_computes_per_trial_and_refuses_branches_the_trials_disagree_on()
     import jax
     import jax.numpy as jnp
 
-    from expkit.sweep.vectorize.program import Knob, NotVectorizable
+    from expkit.sweeps.vectorize.program import Knob, NotVectorizable
 
     def step(x, rate):
         r = Knob(rate, [0.1, 0.3], "dropout.rate")
@@ -260,7 +260,7 @@ def test_resume_trains_the_unfinished_trials_as_a_new_group_in_chunks(tiny_confi
 @needs_jax
 def test_a_large_group_trains_in_one_process_per_core(tiny_config, tmp_path, monkeypatch):
     """XLA runs a small model's steps on one core: 8 trials on 2 cores train as 2 processes of 4."""
-    monkeypatch.setattr("expkit.sweep.vectorize.plan.available_cores", lambda: 2)
+    monkeypatch.setattr("expkit.sweeps.vectorize.plan.available_cores", lambda: 2)
     cfg = sweep_cfg(tiny_config, {"grid": {"train.learning_rate": [0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002]},
                                   "vectorize": True}, epochs=1)
     log = tmp_path / "log.txt"
@@ -399,7 +399,7 @@ def test_the_jax_processes_check_their_trials_so_the_sweep_imports_no_backend(ti
         outs.append(done.stdout.splitlines())
     assert outs[0] == ["counts: {'done': 8}", "imported: []"]
     assert outs[1][1] == "imported: []" and not (tmp_path / "runs" / "lanes_bad").exists()
-    monkeypatch.setattr("expkit.sweep.vectorize.plan.available_cores", lambda: 2)  # as in the JAX processes' split above
+    monkeypatch.setattr("expkit.sweeps.vectorize.plan.available_cores", lambda: 2)  # as in the JAX processes' split above
     with pytest.raises(ConfigError) as here:  # the same trials checked by this process, on its backend
         run_sweep(validate({**bad, "sweep": {**bad["sweep"], "vectorize": False}}), runs_dir=tmp_path / "runs",
                   log=open(os.devnull, "w"))
@@ -410,7 +410,7 @@ def test_the_jax_processes_check_their_trials_so_the_sweep_imports_no_backend(ti
 @needs_jax
 def test_when_the_jax_processes_cannot_check_this_process_does(tiny_config, tmp_path, monkeypatch):
     """A JAX process that ends without answering: the checks run in the sweep's process, same message."""
-    from expkit.sweep.executors.pool import WorkerPool
+    from expkit.sweeps.executors.pool import WorkerPool
 
     monkeypatch.setattr(WorkerPool, "check", lambda self, trials, numbers, say: None)
     layers = [{"flatten": {}}, {"dense": {"units": 16, "activation": "relu"}}, {"dropout": {"rate": 0.1}},

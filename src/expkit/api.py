@@ -191,7 +191,7 @@ def sweep(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = 
     cluster) override sweep.jobs, sweep.executor and sweep.address (docs/distributed.md)."""
     import io
 
-    from .sweep.driver import run_sweep
+    from .sweeps.driver import run_sweep
 
     cfg = load_config(config, overrides)
     if cfg.sweep is None:

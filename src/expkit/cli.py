@@ -62,7 +62,7 @@ def cmd_run(args) -> int:
         activate(cfg.backend, device=args.device)
         if cfg.sweep is None:
             return cmd_summary(args, cfg)
-        from .sweep.dryrun import dry_run
+        from .sweeps.dryrun import dry_run
 
         dry_run(cfg, device=args.device, jobs=args.jobs, executor=args.executor)
         return 0

@@ -1,7 +1,7 @@
 """A sweep folder's own files: the manifest's location and reader, the trial claims' folder, the
 earlier attempts set aside, and the lock that serialises the sweep-level files between processes.
 
-The sweep (expkit.sweep.tables) writes manifest.json; everyone who reads one calls `read_manifest`.
+The sweep (expkit.sweeps.tables) writes manifest.json; everyone who reads one calls `read_manifest`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A sweep block expanded into trials: pure (no files, no Keras).
 
-Proposing trials (here), recording them (sweep.tables, each trial's run folder) and running them
-(sweep.work, sweep.executors, sweep.driver) are separate. A trial's id is a hash of its resolved
+Proposing trials (here), recording them (sweeps.tables, each trial's run folder) and running them
+(sweeps.work, sweeps.executors, sweeps.driver) are separate. A trial's id is a hash of its resolved
 config, so the same trial is recognised on every re-run: done trials are skipped, failed and
 interrupted ones retried.
 """

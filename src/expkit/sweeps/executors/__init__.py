@@ -20,8 +20,8 @@ from ...registry import Registry
 
 # name -> "module:callable" making the executor; imported when chosen
 EXECUTORS: Registry[str] = Registry("executor")
-EXECUTORS.add("local", "expkit.sweep.executors.local:local_executor")
-EXECUTORS.add("ray", "expkit.sweep.executors.ray:RayExecutor")
+EXECUTORS.add("local", "expkit.sweeps.executors.local:local_executor")
+EXECUTORS.add("ray", "expkit.sweeps.executors.ray:RayExecutor")
 
 
 def make_executor(kind: str, units: list, sweep_dir, *, jobs: int, device: str, stale_after: float, log,

@@ -64,6 +64,8 @@ def connect(address: str | None = None):
     # (SIGTERM handled like Ctrl-C: cancel the tasks, which record their trials) is put back after. Ray's
     # waits turn any signal into KeyboardInterrupt: stopping.pending() says whether it was SIGTERM.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if address and address != "auto" and "://" not in address:
+        _reachable(address)  # Ray itself retries an address where nothing listens for minutes
     try:
         if address:
             ray.init(address=address, **options)
@@ -78,6 +80,38 @@ def connect(address: str | None = None):
                 if handler is not None:
                     signal.signal(sig, handler)
     return ray, True
+
+
+CONNECT_SECONDS = 5.0  # how long a cluster's address may take to accept a connection
+
+
+def _reachable(address: str) -> None:
+    """A ConfigError naming sweep.address when nothing accepts a connection at HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ConfigError(f"expected HOST:PORT, found {address!r}", path="sweep.address") from None
+    try:
+        with socket.create_connection((host or "127.0.0.1", port_number), timeout=CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one there "
+                          "(`ray start --head`) or leave --address out to start one on this machine",
+                          path="sweep.address") from None
+
+
+def check_resources(cluster: dict, cpus: float, gpus: float) -> None:
+    """A ConfigError when one task's reservation (sweep.resources) exceeds what the whole cluster has:
+    Ray would wait for it forever."""
+    have_gpus, have_cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 0))
+    if gpus > have_gpus:
+        raise ConfigError(f"each task reserves {gpus:g} GPU, and the Ray cluster has {have_gpus:g}: no task could "
+                          "ever be scheduled (set sweep.resources.gpus to 0 or at most what the cluster has)",
+                          path="sweep.resources.gpus")
+    if cpus > have_cpus:
+        raise ConfigError(f"each task reserves {cpus:g} CPU, and the Ray cluster has {have_cpus:g}: no task could "
+                          "ever be scheduled", path="sweep.resources.cpus")
 
 
 def _interruption() -> BaseException:
@@ -165,6 +199,12 @@ class RayExecutor:
         self.cpus = float(getattr(resources, "cpus", 1.0))
         self.gpus_per_task = float(getattr(resources, "gpus", 0.0))
         self.ray, self._owned = connect(address)
+        try:
+            check_resources(self.ray.cluster_resources(), self.cpus, self.gpus_per_task)
+        except ConfigError:
+            if self._owned:
+                self.ray.shutdown()
+            raise
         self._unit_task = self.ray.remote(unit_task)
         self.gpus = self.gpus_per_task > 0  # where a vectorised group trains: a task with or without a GPU
         self.in_flight: dict[str, tuple] = {}

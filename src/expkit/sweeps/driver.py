@@ -108,6 +108,9 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
         else:
             units, groups_on = [], None
         grouped = {t.id for u in units for t in u.trials}
+        note = _kept_from_another_backend(trials, pending, sweep_dir) if cfg.sweep.vectorize is False else None
+        if note:
+            tell(note)
         for line in execution_lines(cfg, pending, jobs=jobs, executor=kind, grouped=len(grouped)):
             tell(line)
         for i, g in enumerate(plan.groups, 1):
@@ -134,6 +137,30 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
         runner.close()
     counts = refresh(cfg, trials, sweep_dir, plots=True)
     return sweep_dir, counts
+
+
+def _kept_from_another_backend(trials: list, pending: list, sweep_dir: Path) -> str | None:
+    """One line when finished trials that this run skips were trained on another backend than their
+    config names (vectorised groups train on JAX): what runs is what was asked, or it is said."""
+    from ..runfolder import DamagedRecord, read_record
+
+    waiting = {t.id for t in pending}
+    other: dict[str, int] = {}
+    for t in trials:
+        if t.id in waiting:
+            continue
+        try:
+            record = read_record(sweep_dir / t.id)
+        except DamagedRecord:
+            continue
+        if record is not None and record.backend and record.backend != t.config.backend:
+            other[record.backend] = other.get(record.backend, 0) + 1
+    if not other:
+        return None
+    found = ", ".join(f"{n} on {b}" for b, n in sorted(other.items()))
+    return (f"kept: {sum(other.values())} finished trials were trained on another backend than their config's "
+            f"({found}, vectorised); their records and the tables say so. To train them again one at a time, run "
+            "the sweep under another name (--set name=...)")
 
 
 def _lanes(count: int, sweep_dir: Path, device: str, stale_after: float, log, live: bool):
