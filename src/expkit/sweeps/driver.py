@@ -231,7 +231,9 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
 
     def settle(t, outcome, tables: bool = True) -> None:
         nonlocal finished_here
-        if not last and not outcome.trained:  # not trained in its group: the last pass sees to it
+        if not last and (not outcome.trained or outcome.status == PENDING):  # the last pass sees to it
+            if outcome.trained:  # its group's process failed before it started: say why
+                say(f"{head(t)}: {outcome.message}; it trains on its own")
             state[t.id] = "queued"
             return
         say(f"{head(t)}: {outcome.message}")

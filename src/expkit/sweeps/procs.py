@@ -26,6 +26,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# The share of the memory available now that the vectorised programs of one machine may plan to use.
+MEMORY_SHARE = 0.5
+
+
+def available_bytes() -> float:
+    """MemAvailable (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     """Each of `jobs` workers' share of the cores: at least one thread."""
     return max(1, (cores or available_cores()) // jobs)

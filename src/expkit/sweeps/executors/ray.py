@@ -299,12 +299,13 @@ class RayExecutor:
             return [(t, TrialOutcome(read_status(self.sweep_dir / t.id, self.stale_after), True,
                                      read_status(self.sweep_dir / t.id, self.stale_after))) for t in trials]
         except RayError as exc:  # the worker died more than MAX_RETRIES times, its node was lost, a bug
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            first = lines[-1] if lines else type(exc).__name__  # a task's error ends with its cause
             out = []
             for t in trials:
                 status = read_status(self.sweep_dir / t.id, self.stale_after)
                 out.append((t, TrialOutcome(FAILED if status == RUNNING else status, True,
-                                            f"{status}: the Ray task failed ({type(exc).__name__}: {first})")))
+                                            f"{status}: the Ray task failed ({first})")))
             return out
         prefix = "" if isinstance(unit, GroupUnit) else f"[{index}/{total}] "
         for line in result.get("log", "").splitlines():  # what the unit said on the worker, and where

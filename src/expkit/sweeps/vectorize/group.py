@@ -16,6 +16,7 @@ from pathlib import Path
 from ...errors import first_line
 from ...runfolder import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, ClaimLost, Heartbeat,
                           RunFolder, read_status)
+from ..procs import MEMORY_SHARE, available_bytes
 from ..trials import GroupUnit
 from ..work import DatasetCache, TrialOutcome, claim_trial, open_attempt
 
@@ -112,7 +113,9 @@ class GroupRun:
                 n_eval = (len(dataset.x_val), 0 if dataset.x_test is None else len(dataset.x_test))
                 per_trial = footprint_bytes(model, first.train.batch_size, eval_batch_size(first, n_eval)) + per_seed
                 del model
-                shared, budget, most = dataset_bytes(dataset), self.unit.budget_bytes or float("inf"), self.unit.max_size
+                # a unit planned without knowing where it runs (a Ray task) measures the memory here
+                budget = self.unit.budget_bytes or available_bytes() * MEMORY_SHARE
+                shared, most = dataset_bytes(dataset), self.unit.max_size
                 parts = chunk(members, per_trial, shared, budget, most)
                 if len(parts) > 1:
                     fits = room(per_trial, shared, budget)

@@ -9,19 +9,16 @@ group's trials uses a second core). The trials' model shapes are measured by who
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 from ...errors import ConfigError
 from ...runfolder import FINISHED, read_status
-from ..procs import available_cores
+from ..procs import MEMORY_SHARE, available_bytes, available_cores
 from ..trials import GroupUnit
 from ..work import data_key, load_with_files, preflight
 from .grouping import (Group, ModelShape, check_vectorisable, differing_keys, plan_groups, require_one_group,
                        sequential_seconds, trial_blocker, worth_vectorizing)
 
-# The share of the memory available now that the vectorised programs may plan to use.
-MEMORY_SHARE = 0.5
 MIN_LANE_TRIALS = 4  # trials per JAX process that repay starting one more
 # `auto` starts the JAX processes early (early_lanes) only for built-in datasets this large or larger.
 LARGE_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
@@ -71,18 +68,6 @@ def jax_installed() -> bool:
     from ...backend import installed
 
     return installed("jax")
-
-
-def available_bytes() -> float:
-    """MemAvailable (Linux), else the physical memory."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def candidate_groups(cfg, pending: list, say, measure=measure_shapes) -> tuple[list[Group], dict]:
