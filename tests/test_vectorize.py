@@ -312,6 +312,21 @@ def test_dry_run_shows_the_groups(tiny_config, capsys):
     assert [r["group"] for r in rows] == ["1", "1", "2", "2"]
     assert "group 1: 2 trials (sweep.seeds) can train as one JAX program" in out and "group 2: 2 trials" in out
     assert "apart: sweep.grid.model.layers.1.dense.units: changes the model's shapes" in out
+    assert "runs: the 4 trials of the vectorised groups in JAX processes of this machine" in out
+
+
+def test_dry_run_says_what_auto_does_with_a_convolving_group_on_a_cpu(tiny_config, capsys):
+    """On a CPU `auto` trains convolving trials one at a time: the dry run says so instead of a group."""
+    conv = {**tiny_config, "data": {**tiny_config["data"], "options": {**tiny_config["data"]["options"],
+                                                                       "shape": [8, 8, 1]}},
+            "model": {"layers": [{"conv2d": {"filters": 4, "kernel_size": 3}}, {"flatten": {}},
+                                 {"dense": {"units": 3, "activation": "softmax"}}]}}
+    rows = dry_run(sweep_cfg(conv, {"grid": {"train.learning_rate": [0.1, 0.01]}}), device="cpu", jobs=2)
+    out = capsys.readouterr().out
+    assert [r["group"] for r in rows] == ["-", "-"]
+    assert "convolve, and on a CPU auto trains them one at a time" in out
+    assert "can train as one JAX program" not in out
+    assert "runs: the 2 trials 2 at a time in worker processes" in out
 
 
 @needs_jax
@@ -421,3 +436,18 @@ def test_when_the_jax_processes_cannot_check_this_process_does(tiny_config, tmp_
         run_sweep(cfg, runs_dir=tmp_path, log=open(os.devnull, "w"))
     assert str(info.value).startswith("trial 3 (model.layers.2.dropout.rate=1.5, seed 3): ")
     assert not (tmp_path / "fallback").exists()
+
+
+@needs_jax
+def test_a_tracked_sweep_says_why_it_trains_one_at_a_time(tiny_config, tmp_path, monkeypatch):
+    """`--track` keeps trials out of vectorised groups: one line says so, and the records say TensorFlow."""
+    import io
+
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
+    cfg = sweep_cfg({**tiny_config, "track": ["tensorboard"]}, {"grid": {"train.learning_rate": [0.1, 0.01]}})
+    log = io.StringIO()
+    sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path, log=log)
+    assert counts == {"done": 2}
+    assert ("vectorize: track: trackers follow one run at a time, and a vectorised group does not feed them; "
+            "those trials train one at a time") in log.getvalue()
+    assert {read_record(sweep_dir / t.id).backend for t in expand_sweep(cfg)} == {"tensorflow"}
