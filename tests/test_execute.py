@@ -198,3 +198,24 @@ def test_an_unwritable_runs_folder_is_refused_before_any_work(tmp_path, tiny_con
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("expkit: error: /proc/expkit-runs: cannot write here")
+
+
+def test_a_checkpoint_another_backend_wrote_is_set_aside_not_continued(tmp_path):
+    """What runs is what was asked: an interrupted vectorised attempt (JAX) rerun one at a time on
+    TensorFlow starts afresh and says why; on JAX it continues from the checkpoint."""
+    import keras
+
+    from expkit.checkpoint import write_checkpoint
+    from expkit.runfolder import INTERRUPTED
+    from expkit.sweeps.work import open_attempt
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_checkpoint(model, tmp_path / name, {"epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}], "backend": "jax"})
+    note, resume = open_attempt(tmp_path / "a", INTERRUPTED, backend="tensorflow")
+    assert not resume and note.startswith("its checkpoint is from jax, this attempt trains on tensorflow; "
+                                          "earlier attempt (interrupted) kept in ")
+    assert (tmp_path / ".attempts" / "a-1" / "checkpoint.keras").is_file()  # kept, not lost
+    assert list((tmp_path / "a").iterdir()) == []
+    assert open_attempt(tmp_path / "b", INTERRUPTED, backend="jax") == ("resuming the interrupted attempt after epoch 2; ", True)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from expkit.checkpoint import resumable_epoch
 from expkit.config import validate
 from expkit.errors import ConfigError
 from expkit.sweeps.driver import run_sweep
@@ -123,6 +124,7 @@ def test_a_knob_computes_per_trial_and_refuses_branches_the_trials_disagree_on()
 SEQUENTIAL = """
 import json, sys
 import keras
+from expkit.checkpoint import resumable_epoch
 from expkit.config import validate
 from expkit.runner import run_experiment
 from expkit.runfolder import read_metrics, read_record
@@ -350,6 +352,63 @@ def test_sigterm_records_the_groups_finished_epochs_and_exits_143(tiny_config, t
         record = read_record(folder)
         assert record.status == "interrupted" and record.epochs_run >= 1
         assert len(read_metrics(folder)) == record.epochs_run
+    assert list((sweep_dir / ".claims").iterdir()) == []
+
+
+@needs_jax
+def test_an_interrupted_group_resumes_from_each_trials_checkpoint_with_the_uninterrupted_numbers(tiny_config, tmp_path):
+    """SIGTERM while a group trains: each trial keeps a checkpoint of its last finished epoch; the rerun
+    continues there (dropout's draws, the rate schedule and early stopping's state included) and ends
+    with the numbers of a run never interrupted."""
+    cfg = {**tiny_config, "name": "vresume",
+           "data": {**tiny_config["data"], "options": {**tiny_config["data"]["options"], "n_train": 1500}},
+           "model": {"layers": [{"flatten": {}}, {"dense": {"units": 16, "activation": "relu"}}, {"dropout": 0.3},
+                                {"dense": {"units": 3, "activation": "softmax"}}]},
+           "train": {**tiny_config["train"], "epochs": 30, "batch_size": 8, "optimizer": "sgd",
+                     "schedule": {"type": "step", "factor": 0.5, "step_epochs": 3},
+                     "early_stopping": {"monitor": "val_loss", "patience": 8, "restore_best_weights": True}},
+           "sweep": {"grid": {"train.learning_rate": [0.05, 0.01]}, "vectorize": True}}
+    path = tmp_path / "vresume.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "expkit.cli", "run", str(path), "--runs-dir"]
+    uninterrupted = subprocess.Popen([*command, str(tmp_path / "reference")], env=ENV, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*command, str(tmp_path / "runs")], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    sweep_dir = tmp_path / "runs" / "vresume"
+    trials = expand_sweep(validate(cfg))
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(len(read_metrics(sweep_dir / t.id)) >= 2
+                                             and (sweep_dir / t.id / "checkpoint.keras").exists() for t in trials):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = {t.id: read_record(sweep_dir / t.id) for t in trials}
+    assert all(r.status == "interrupted" for r in stopped.values()), err[-2000:]
+    assert all(r.epochs_run < 30 for r in stopped.values())  # stopped mid-training, not after it
+    # the stop may come between an epoch's metrics.csv row and its checkpoint: the rerun repeats that epoch
+    kept = {t.id: resumable_epoch(sweep_dir / t.id) for t in trials}
+    assert all(stopped[i].epochs_run - 1 <= kept[i] <= stopped[i].epochs_run for i in kept), (kept, stopped)
+    assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read()[-2000:]
+    reference = tmp_path / "reference" / "vresume"
+
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        _, counts = run_sweep(validate(cfg), runs_dir=tmp_path / "runs", log=fh)
+    text = log.read_text()
+    assert counts == {"done": 2}, text
+    for t in trials:
+        record, rows, ref = read_record(sweep_dir / t.id), read_metrics(sweep_dir / t.id), read_metrics(reference / t.id)
+        epoch = kept[t.id]
+        assert f"{t.heading()}: resuming the interrupted attempt after epoch {epoch}; training" in text, text
+        assert [r["epoch"] for r in record.resumed] == [epoch] and record.backend == "jax"
+        assert len(rows) == len(ref) and rows[-1]["epoch"] == len(ref)
+        for mine, theirs in zip(rows, ref):
+            for key in set(theirs) - {"epoch_seconds"}:
+                assert abs(mine[key] - theirs[key]) < 1e-5, (t.values, mine["epoch"], key)
+        assert abs(record.test["accuracy"] - read_record(reference / t.id).test["accuracy"]) < 1e-5
+        assert not (sweep_dir / t.id / "checkpoint.keras").exists()  # a finished trial keeps model.keras only
     assert list((sweep_dir / ".claims").iterdir()) == []
 
 

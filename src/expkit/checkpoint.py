@@ -169,52 +169,79 @@ def checkpoint_callback(folder: Path | None, result, callbacks: list, resume: Ch
     each epoch it writes the checkpoint to `folder` (None: it writes nothing)."""
     import keras
 
-    watched = [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE]
+    watched = watched_callbacks(callbacks)
     target = {"folder": folder}  # None after a checkpoint Keras could not save: one warning, no more tries
 
     class Checkpointer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            if resume is None:
-                return
-            saved = resume.state.get("callbacks") or {}
-            for cb in watched:
-                state = saved.get(type(cb).__name__) or {}
-                for attr in CALLBACK_STATE[type(cb).__name__]:
-                    if attr in state:
-                        setattr(cb, attr, state[attr])
-                if getattr(cb, "restore_best_weights", False) and state.get("best_weights"):
-                    cb.best_weights = self._best_weights(state["best_weights"])
-
-        def _best_weights(self, where: str):
-            import numpy as np
-
-            if where == "current":
-                return self.model.get_weights()
-            with zipfile.ZipFile(resume.path) as zf, np.load(io.BytesIO(zf.read(BEST_WEIGHTS_MEMBER))) as npz:
-                return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+            if resume is not None:
+                restore_callbacks(watched, resume, self.model)
 
         def on_epoch_end(self, epoch, logs=None):
             if target["folder"] is None or result.diverged:
                 return
-            saved, best = {}, None
-            for cb in watched:
-                state = {attr: _plain(getattr(cb, attr, None)) for attr in CALLBACK_STATE[type(cb).__name__]}
-                if getattr(cb, "restore_best_weights", False) and getattr(cb, "best_weights", None) is not None:
-                    state["best_weights"] = "current" if cb.best_epoch == epoch else "stored"
-                    best = None if cb.best_epoch == epoch else cb.best_weights
-                saved[type(cb).__name__] = state
-            state = {"epoch": epoch + 1, "history": result.history, "fit_seconds": result.fit_seconds,
-                     "stopping": bool(self.model.stop_training), "callbacks": saved,
-                     "seeds": [np_list(v) for v in seed_variables(self.model)]}
-            try:
-                write_checkpoint(self.model, target["folder"], state, best)
-            except OSError:
-                raise
-            except Exception as exc:
-                _unsaved(f"{CHECKPOINT}; this run cannot be resumed", exc)
+            if not checkpoint_epoch(self.model, target["folder"], epoch, result, watched,
+                                    bool(self.model.stop_training)):
                 target["folder"] = None
 
     return Checkpointer()
+
+
+def checkpoint_epoch(model, folder: Path, epoch: int, result, watched: list, stopping: bool) -> bool:
+    """Write `folder`'s checkpoint of `model` after `epoch`; False when Keras cannot save this model
+    (one warning: the caller stops trying)."""
+    state, best = epoch_state(epoch, result, watched, model, stopping)
+    try:
+        write_checkpoint(model, folder, state, best)
+    except OSError:
+        raise
+    except Exception as exc:
+        _unsaved(f"{CHECKPOINT}; this run cannot be resumed", exc)
+        return False
+    return True
+
+
+def watched_callbacks(callbacks: list) -> list:
+    """The callbacks whose state a checkpoint carries (CALLBACK_STATE)."""
+    return [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE]
+
+
+def restore_callbacks(watched: list, checkpoint: Checkpoint, model) -> None:
+    """Put back the state `watched` callbacks had when `checkpoint` was written (call it after they
+    reset themselves in their own on_train_begin). `model`: what the callbacks train (its weights are
+    the checkpoint's when the best epoch was the last)."""
+    import numpy as np
+
+    saved = checkpoint.state.get("callbacks") or {}
+    for cb in watched:
+        state = saved.get(type(cb).__name__) or {}
+        for attr in CALLBACK_STATE[type(cb).__name__]:
+            if attr in state:
+                setattr(cb, attr, state[attr])
+        if getattr(cb, "restore_best_weights", False) and state.get("best_weights"):
+            if state["best_weights"] == "current":
+                cb.best_weights = model.get_weights()
+            else:
+                with zipfile.ZipFile(checkpoint.path) as zf, np.load(io.BytesIO(zf.read(BEST_WEIGHTS_MEMBER))) as npz:
+                    cb.best_weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+
+def epoch_state(epoch: int, result, watched: list, model, stopping: bool) -> tuple[dict, list | None]:
+    """What a checkpoint written after `epoch` (0-based) holds besides the model: expkit-state.json's
+    dict, and the best weights when early stopping will restore an epoch before this one."""
+    import keras
+
+    saved, best = {}, None
+    for cb in watched:
+        state = {attr: _plain(getattr(cb, attr, None)) for attr in CALLBACK_STATE[type(cb).__name__]}
+        if getattr(cb, "restore_best_weights", False) and getattr(cb, "best_weights", None) is not None:
+            state["best_weights"] = "current" if cb.best_epoch == epoch else "stored"
+            best = None if cb.best_epoch == epoch else cb.best_weights
+        saved[type(cb).__name__] = state
+    # the backend that trained it: another backend's attempt starts afresh (sweeps.work.resume_point)
+    return {"epoch": epoch + 1, "history": result.history, "fit_seconds": result.fit_seconds,
+            "stopping": stopping, "callbacks": saved, "backend": keras.backend.backend(),
+            "seeds": [np_list(v) for v in seed_variables(model)]}, best
 
 
 def np_list(variable) -> list:

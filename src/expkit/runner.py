@@ -75,7 +75,6 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
     """
     from .backend import activate, current, seed_everything
     from .checkpoint import read_checkpoint, save_model
-    from .repro import resumed_entry
     from .tracking import Trackers, check_trackers
     from .train import TrainResult, train
 
@@ -93,9 +92,7 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
                         inter_op_threads=inter_op_threads)
     checkpoint = read_checkpoint(run.path) if resume else None
     if resume:
-        earlier = _earlier_record(run)
-        record.started = (earlier.started if earlier else None) or record.started
-        record.resumed = [*(earlier.resumed if earlier else []), resumed_entry(checkpoint.epoch if checkpoint else 0)]
+        continue_record(run, record, checkpoint.epoch if checkpoint else 0)
     result = TrainResult(history=list(checkpoint.state["history"]) if checkpoint else [])  # kept if stopped again early
     try:
         start_run(run, cfg, model, resume=resume)
@@ -134,6 +131,16 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
     if keep_model is not None:
         keep_model.append(model)
     return run
+
+
+def continue_record(run: RunFolder, record: RunRecord, epoch: int) -> None:
+    """`record` continues the run's stopped attempt: its start time is the first attempt's, and it
+    lists every resumption (the epochs finished before it)."""
+    from .repro import resumed_entry
+
+    earlier = _earlier_record(run)
+    record.started = (earlier.started if earlier else None) or record.started
+    record.resumed = [*(earlier.resumed if earlier else []), resumed_entry(epoch)]
 
 
 def _earlier_record(run: RunFolder) -> RunRecord | None:

@@ -86,18 +86,33 @@ def claim_trial(trial: Trial, sweep_dir: Path, stale_after: float) -> tuple[Clai
     return claim, status
 
 
-def open_attempt(path: Path, status: str, *, resumable: bool = True) -> tuple[str, bool]:
+def resume_point(path: Path, status: str, backend: str | None):
+    """The checkpoint an interrupted attempt at a trial continues from, or None; and why an earlier
+    attempt's checkpoint is not used ('' when there was none to use). `backend`: what this attempt
+    trains on; a checkpoint another backend wrote is not continued (what runs is what was asked)."""
+    if status != INTERRUPTED or not path.is_dir():
+        return None, ""
+    from ..checkpoint import read_checkpoint
+
+    found = read_checkpoint(path)
+    written = (found.state.get("backend") if found else None) or backend
+    if found is not None and backend and written != backend:
+        return None, f"its checkpoint is from {written}, this attempt trains on {backend}; "
+    return found, ""
+
+
+def open_attempt(path: Path, status: str, *, resumable: bool = True, backend: str | None = None,
+                 point: tuple | None = None) -> tuple[str, bool]:
     """Make `path` ready for a new attempt at its trial: an interrupted attempt with a checkpoint is
-    resumed (when `resumable`), any other earlier attempt is set aside. Returns (what was done, as a
-    note for the trial's line, and whether it resumes)."""
+    resumed (when `resumable`), any other earlier attempt is set aside. `point`: resume_point's answer,
+    when the caller already asked. Returns (what was done, as a note for the trial's line, and whether
+    it resumes)."""
     note, resume = "", False
     if path.exists():
-        from ..checkpoint import resumable_epoch
-
-        epoch = resumable_epoch(path) if resumable and status == INTERRUPTED else None
-        resume = epoch is not None
-        note = (f"resuming the interrupted attempt after epoch {epoch}; " if resume
-                else f"earlier attempt ({status}) kept in {set_aside(path)}; ")
+        found, why = (point or resume_point(path, status, backend)) if resumable else (None, "")
+        resume = found is not None
+        note = (f"resuming the interrupted attempt after epoch {found.epoch}; " if resume
+                else f"{why}earlier attempt ({status}) kept in {set_aside(path)}; ")
     path.mkdir(parents=True, exist_ok=resume)
     return note, resume
 
@@ -120,7 +135,7 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
         return (TrialOutcome(status, False, f"{status}, skipped") if status in FINISHED
                 else TrialOutcome(RUNNING, False, "running in another process"))
     try:
-        note, resume = open_attempt(path, status)
+        note, resume = open_attempt(path, status, backend=trial.config.backend)
         folder = RunFolder(path, claim)
         print(f"{trial.heading()}: {note}training", file=log)
         try:

@@ -18,7 +18,7 @@ from ...runfolder import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING
                           RunFolder, read_status)
 from ..procs import MEMORY_SHARE, available_bytes
 from ..trials import GroupUnit
-from ..work import DatasetCache, TrialOutcome, claim_trial, open_attempt
+from ..work import DatasetCache, TrialOutcome, claim_trial, open_attempt, resume_point
 
 
 def jax_config(cfg):
@@ -142,6 +142,9 @@ class GroupRun:
         pools = [self.datasets.get_with_files(cfgs[[c.seed for c in cfgs].index(s)])[0] for s in seeds]
         members = [Member(t, c, seeds.index(c.seed)) for t, c in zip(trials, cfgs)]
         models = [build_member_model(c, pools[m.pool], self._steps(c, pools[m.pool])) for c, m in zip(cfgs, members)]
+        points = {}
+        for i, m in enumerate(members):  # an interrupted attempt continues from its checkpoint, as on its own
+            points[m.trial.id], models[i] = self.resume(m, models[i], pools[m.pool])
         try:
             trainer = GroupTrainer(members, models, pools)
         except NotVectorizable as exc:  # Keras wraps it in its own banner: its first line says why
@@ -151,7 +154,7 @@ class GroupRun:
             return
         program = {"group": self.unit.label, "lane": self.unit.lane, "chunk": chunk, "trials": len(members),
                    "compile_seconds": round(trainer.compile_seconds, 3)}
-        started = [self.open_folder(m, model, program) for m, model in zip(members, models)]
+        started = [self.open_folder(m, model, program, points[m.trial.id]) for m, model in zip(members, models)]
         del models
         names = ", ".join(sorted({k for t in trials for k in t.values})) or "seed"
         self.say(f"{self.where} {len(trials)} trials as one JAX program ({names} per trial)")
@@ -169,20 +172,49 @@ class GroupRun:
             return
         self.close(started, trainer=trainer)
 
-    def open_folder(self, member, model, program: dict):
+    def resume(self, member, model, dataset) -> tuple:
+        """(resume_point's answer, the model): the member's model restored from the checkpoint of its
+        interrupted attempt, when it has one this attempt can continue; else as built."""
+        from ...checkpoint import restore
+        from .trainer import build_member_model
+
+        path = self.sweep_dir / member.trial.id
+        found, why = resume_point(path, self.claims[member.trial.id][1], "jax")
+        if found is None:
+            return (None, why), model
+        try:
+            restore(model, found)
+        except Exception as exc:  # written for another model: a fresh start, the attempt set aside
+            self.say(f"{self.head(member.trial)}: its checkpoint does not fit its model ({first_line(exc)[:200]})")
+            model = build_member_model(member.cfg, dataset, self._steps(member.cfg, dataset))
+            return (None, "its checkpoint does not fit its model; "), model
+        member.resume = found
+        return (found, ""), model
+
+    def open_folder(self, member, model, program: dict, point: tuple):
         """The trial's run folder, written as a trial trained on its own writes it before training."""
-        from ...runner import new_record, start_run
+        from ...checkpoint import checkpoint_epoch, watched_callbacks
+        from ...runner import continue_record, new_record, start_run
 
         trial, cfg = member.trial, member.cfg
         path = self.sweep_dir / trial.id
-        note, _ = open_attempt(path, self.claims[trial.id][1], resumable=False)
+        note, resume = open_attempt(path, self.claims[trial.id][1], point=point)
         folder = RunFolder(path, self.claims[trial.id][0])
         dataset, files = self.datasets.get_with_files(cfg)
         record = new_record(folder, cfg, model, dataset, device_name=self.device_name, data_files=files,
                             trial={"id": trial.id, "values": trial.values, "seed": trial.seed})
         # which program trained it, shared with how many trials: its fit_seconds is the program's
         record.extra["vectorized"] = dict(program)
-        start_run(folder, cfg, model)
+        if resume:
+            continue_record(folder, record, member.resume.epoch)
+        start_run(folder, cfg, model, resume=resume)
+        if cfg.train.checkpoint:
+            def on_checkpoint(epoch, trainer):
+                if not checkpoint_epoch(trainer.model_of(member.index), folder.path, epoch, member.result,
+                                        watched_callbacks(member.callbacks), bool(member.view.stop_training)):
+                    member.on_checkpoint = None  # Keras cannot save this model: said once, not retried
+
+            member.on_checkpoint = on_checkpoint
 
         def on_epoch(history):
             try:

@@ -38,6 +38,9 @@ class Member:
     active: bool = True            # still training (not stopped early, diverged or taken over)
     lost: str | None = None        # why this process stopped writing the trial (its claim was taken over)
     index: int = 0                 # its place in the group's stacked state
+    resume: object = None          # the checkpoint (expkit.checkpoint.Checkpoint) its state was restored from
+    on_checkpoint: object = None   # writes its checkpoint after an epoch: on_checkpoint(epoch, trainer)
+    start: int = 0                 # the first epoch it trains (a resumed trial's epochs finished before)
 
 
 class TrialView:
@@ -250,8 +253,19 @@ class GroupTrainer:
             state, logs = self.program.evaluate(state, logs, x, y, self.pool_index, jnp.asarray(batches))
         return jax.device_get(logs)
 
+    def _resume(self, m: Member, epochs: int) -> None:
+        """A member restored from its checkpoint: its rows, its callbacks' state, its first epoch."""
+        from ...checkpoint import restore_callbacks, watched_callbacks
+
+        restore_callbacks(watched_callbacks(m.callbacks), m.resume, m.view)
+        m.result.history = [dict(row) for row in m.resume.state["history"]]
+        m.result.previous_seconds = float(m.resume.state.get("fit_seconds") or 0.0)
+        m.start = m.resume.epoch
+        m.active = m.start < epochs and not m.resume.state.get("stopping")  # it had stopped early
+
     def fit(self) -> None:
-        """Every epoch for every member until each has finished, stopped early or diverged."""
+        """Every epoch for every member until each has finished, stopped early or diverged; a member
+        resumed from a checkpoint trains from the epoch after it (the others wait for it)."""
         epochs = self.members[0].cfg.train.epochs
         started = time.perf_counter()
         for m in self.members:
@@ -259,15 +273,17 @@ class GroupTrainer:
             for cb in m.callbacks:
                 cb.set_model(m.view)
                 cb.on_train_begin()
+            if m.resume is not None:
+                self._resume(m, epochs)
         diverged = jnp.zeros(len(self.members), bool)
-        for epoch in range(epochs):
-            live = [m for m in self.members if m.active]
+        for epoch in range(min((m.start for m in self.members if m.active), default=epochs), epochs):
+            live = [m for m in self.members if m.active and m.start <= epoch]
             if not live:
                 break
             for m in live:
                 for cb in m.callbacks:
                     cb.on_epoch_begin(epoch)
-            active = jnp.asarray([m.active for m in self.members])
+            active = jnp.asarray([m in live for m in self.members])
             state = (*self.state[:3], [jnp.array(a) for a in self.metrics0])
             logs = jax.tree_util.tree_map(jnp.array, self.train_logs0)  # fresh: the compiled steps consume theirs
             for batches in self._train_batches(epoch):
@@ -278,19 +294,20 @@ class GroupTrainer:
             logs = jax.device_get(logs)
             val = self._evaluate(self.x_val, self.y_val) if self.x_val.shape[1] else {}
             test = self._evaluate(self.x_test, self.y_test) if self.test_each_epoch else {}
-            for i, m in enumerate(self.members):
-                if not m.active:
-                    continue
+            for m in live:
+                i = m.index
                 row = {k: float(v[i]) for k, v in logs.items()}
                 row.update({f"val_{k}": float(v[i]) for k, v in val.items()})
                 row.update({f"test_{k}": float(v[i]) for k, v in test.items()})  # train.test_each_epoch
                 for cb in m.callbacks:
                     cb.on_epoch_end(epoch, row)
                 m.active = not m.view.stop_training
+                if m.on_checkpoint is not None and not m.result.diverged and m.lost is None:
+                    m.on_checkpoint(epoch, self)
         for m in self.members:
             for cb in m.callbacks:
                 cb.on_train_end()
-            m.result.fit_seconds = time.perf_counter() - started
+            m.result.fit_seconds = m.result.previous_seconds + time.perf_counter() - started
             es = m.cfg.train.early_stopping
             if es is not None and not m.result.diverged:
                 m.result.stopped_early = len(m.result.history) < epochs
