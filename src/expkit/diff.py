@@ -68,8 +68,8 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
         if fail_on_worse not in directed:
             raise ConfigError(f"--fail-on-worse: unknown metric '{fail_on_worse}' "
                               f"(metrics in both tables: {', '.join(directed) or 'none'})")
-    if tolerance < 0:
-        raise ConfigError(f"--tolerance must be >= 0, found {tolerance}")
+    if not math.isfinite(tolerance) or tolerance < 0:  # nan compares False, so it would pass every regression
+        raise ConfigError(f"--tolerance must be a finite number >= 0, found {tolerance}")
 
     keys = [c for c in old_cols if c in new_cols and _is_key(c)]
     matches = _match(old_rows, new_rows, keys)
