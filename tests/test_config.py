@@ -423,3 +423,34 @@ def test_extends_naming_a_folder_names_the_key(write_yaml, tmp_path):
     (tmp_path / "base").mkdir()
     err = error_of(write_yaml("c.yaml", {"extends": "base", **MINIMAL}))
     assert err.path == "extends" and "is a folder" in err.message and "c.yaml" in str(err)
+
+
+def _example_configs():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [(str(p.relative_to(root)), p.read_text()) for p in sorted((root / "configs").rglob("*.yaml"))]
+    blocks = re.findall(r"```yaml\n(.*?)```", (root / "README.md").read_text(), flags=re.S)
+    files += [(f"README.md block {i}", text) for i, text in enumerate(blocks) if re.search(r"^(model|extends):", text, re.M)]
+    return files
+
+
+@pytest.mark.parametrize("name, text", _example_configs(), ids=[n for n, _ in _example_configs()])
+def test_json_schema_accepts_every_shipped_config(name, text):
+    jsonschema = pytest.importorskip("jsonschema")
+    from expkit.files import load_yaml_text
+
+    errors = [e.message for e in jsonschema.Draft202012Validator(json_schema()).iter_errors(load_yaml_text(text))]
+    assert errors == [], name
+
+
+def test_json_schema_requires_model_unless_extends_and_allows_dollar_schema(write_yaml):
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json_schema())
+    assert [e.message for e in validator.iter_errors({"seed": 1})] == ["'model' is a required property"]
+    assert list(validator.iter_errors({"extends": "base.yaml", "seed": 1, "$schema": "expkit.json"})) == []
+    assert [e.message for e in validator.iter_errors({"extends": "b.yaml", "sed": 1})] == [
+        "Additional properties are not allowed ('sed' was unexpected)"]
+    cfg = load_config(write_yaml("s.yaml", {"$schema": "./expkit.schema.json", **MINIMAL}))
+    assert cfg.name == "s"

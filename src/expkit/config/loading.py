@@ -99,6 +99,7 @@ def load_raw(path: str | Path) -> dict:
             raise ConfigError(f"extends cycle: {cycle}", file=path, path="extends")
         chain.append(resolved)
         raw = read_yaml(path)
+        raw.pop("$schema", None)  # for editors (json_schema allows it); not part of the experiment
         base_ref = raw.pop("extends", None)
         layers.append(raw)
         if base_ref is None:
@@ -194,4 +195,11 @@ def json_schema() -> dict:
     """JSON Schema of the config, for editors' autocompletion."""
     schema = ExperimentConfig.model_json_schema()
     schema["properties"]["extends"] = {"type": "string", "description": "Base config file, relative to this one."}
+    # editors point a file at the schema with a `$schema` key (load_config ignores it)
+    schema["properties"]["$schema"] = {"type": "string", "description": "This schema's address, for editors."}
+    # `name` defaults to the file's name; what the schema requires, an `extends` file may inherit instead
+    required = [key for key in schema.pop("required", []) if key != "name"]
+    if required:
+        schema["if"] = {"required": ["extends"]}
+        schema["else"] = {"required": required}
     return schema
