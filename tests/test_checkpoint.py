@@ -242,3 +242,57 @@ def test_a_run_stopped_early_and_interrupted_before_its_test_does_not_train_agai
     resumed = api.resume(cut)
     assert rows(cut) == rows(whole.path) and len(rows(cut)) == 3
     assert resumed.record.test == results(whole.path)["test"] and resumed.record.stopped_early
+
+
+def _interrupted_after_training(tmp_path, tiny_config, monkeypatch, epochs=2):
+    import keras
+
+    import expkit.train as train_module
+
+    class InterruptAtTheEnd(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise KeyboardInterrupt
+
+    cfg = config(tiny_config, epochs=epochs)
+    real = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a, **k: real(*a, **k) + [InterruptAtTheEnd()])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate(cfg), runs_dir=tmp_path / "cut")
+    monkeypatch.undo()
+    (cut,) = (tmp_path / "cut" / "tiny").iterdir()
+    assert read_status(cut) == "interrupted" and read_checkpoint(cut).epoch == epochs
+    return cut
+
+
+def test_resume_after_the_config_was_edited_to_another_model_exits_2(tmp_path, tiny_config, monkeypatch, capsys):
+    cut = _interrupted_after_training(tmp_path, tiny_config, monkeypatch)
+    saved = yaml.safe_load((cut / "config.yaml").read_text())
+    saved["model"]["layers"][1]["dense"]["units"] = 7
+    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = (cut / CHECKPOINT).read_bytes()
+    from expkit.cli import main
+
+    assert main(["run", "--resume", str(cut)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"expkit: error: {cut / CHECKPOINT}: the checkpoint does not match the run's config")
+    assert (cut / CHECKPOINT).read_bytes() == before  # the checkpoint is kept
+    assert len(rows(cut)) == 2  # and the epochs it finished
+
+
+def test_resume_with_garbage_weights_inside_a_whole_zip_starts_again(tmp_path, tiny_config, monkeypatch, capsys):
+    import zipfile
+
+    cut = _interrupted_after_training(tmp_path, tiny_config, monkeypatch)
+    damaged = cut / "damaged.zip"
+    with zipfile.ZipFile(cut / CHECKPOINT) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, b"garbage" * 100 if item.filename == "model.weights.h5" else src.read(item))
+    damaged.replace(cut / CHECKPOINT)
+    capsys.readouterr()
+    assert read_checkpoint(cut) is None
+    assert "model.weights.h5 inside is not an HDF5 file (file signature not found)); training starts again " \
+           "from the first epoch" in capsys.readouterr().err
+    run = api.resume(cut)
+    assert results(run.path)["status"] == "done" and len(rows(cut)) == 2
+    assert results(run.path)["resumed"][0]["epoch"] == 0

@@ -229,3 +229,80 @@ def test_sweep_then_table_then_diff_from_the_command_line(tmp_path, tiny_config,
     assert main([*args, "--tolerance", "0.01"]) == 1
     assert "worse: best_val_accuracy got worse by more than 0.01" in capsys.readouterr().out
     assert main([*args, "--tolerance", "0.1"]) == 0
+
+
+def _spawn_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "expkit.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupt_before_any_run_folder_says_what_was_stopped(tmp_path, sig, code):
+    import signal
+    import time
+
+    fifo = tmp_path / "blocks.yaml"
+    os.mkfifo(fifo)  # reading it waits for a writer: the command is busy before any run folder exists
+    proc = _spawn_cli("config", fifo)
+    try:
+        time.sleep(3)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert err.strip() == "expkit: interrupted: 'expkit config' stopped before writing any run folder"
+
+
+def test_interrupted_run_names_its_folder_and_the_resume_command(tmp_path, tiny_config):
+    import signal
+    import time
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    runs = tmp_path / "runs"
+    proc = _spawn_cli("run", path, "--runs-dir", runs, "--set", "train.epochs=100000", "--device", "cpu")
+    try:
+        deadline = time.monotonic() + 120
+        while not list(runs.glob("tiny/*/metrics.csv")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (folder,) = [p.parent for p in runs.glob("tiny/*/metrics.csv")]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last == (f"expkit: interrupted; finished work is kept, the run folder {folder.absolute()} is marked "
+                    f"'interrupted'; continue it with: expkit run --resume {folder.absolute()}"), last
+    assert '"interrupted"' in (folder / "status.json").read_text()
+
+
+def test_address_without_ray_executor_is_refused(tmp_path, capsys):
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(_tiny_run_config({})))
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--address", "ray://head:10001"]) == 2
+    assert _one_error_line(capsys).endswith("--address names a Ray cluster: it needs --executor ray "
+                                            "(or sweep.executor: ray)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_output_under_a_file_or_naming_a_folder_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    assert main(["report", str(tmp_path), "-o", str(afile / "report.html")]) == 2
+    assert _one_error_line(capsys) == f"expkit: error: -o {afile / 'report.html'}: {afile} is a file, not a folder"
+    assert afile.read_text() == "keep me"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert main(["report", str(tmp_path), "-o", str(folder)]) == 2
+    assert _one_error_line(capsys).startswith(f"expkit: error: -o {folder}: is a folder")
+    assert list(folder.iterdir()) == []
+
+
+def test_diff_nan_tolerance_exits_2(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("name,best_val_accuracy\na,0.9\n")
+    assert main(["diff", str(table), str(table), "--fail-on-worse", "best_val_accuracy", "--tolerance", "nan"]) == 2
+    assert "--tolerance must be a finite number >= 0, found nan" in _one_error_line(capsys)

@@ -370,3 +370,87 @@ def test_every_schema_property_has_a_description():
     assert missing == []
     assert len(schema["$defs"]) >= 6  # the walk saw every section
     assert schema["properties"]["seed"]["maximum"] == 2**32 - 1
+
+
+def _run_config_command(path, timeout=60):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "expkit.cli", "config", str(path)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_alias_bomb_is_refused_fast_naming_the_file(write_yaml):
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
+    text = "model:\n  layers:\n  - dense: {units: 10, activation: softmax}\ndata:\n  options:\n"
+    text += "".join(f"    {line}\n" for line in lines)
+    path = write_yaml("bomb.yaml", text)
+    err = error_of(path)
+    assert err.file is not None and str(path) in str(err) and "expands to more than" in err.message
+    began = time.perf_counter()
+    proc = _run_config_command(path, timeout=30)
+    assert time.perf_counter() - began < 30
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(path) in proc.stderr and "expands to more than" in proc.stderr
+
+
+def test_deeply_nested_list_is_refused_without_a_traceback(write_yaml):
+    path = write_yaml("deep.yaml", "model:\n  layers: " + "[" * 5000 + "]" * 5000 + "\n")
+    proc = _run_config_command(path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "nested too deep" in proc.stderr
+
+
+def test_long_extends_chain_resolves_without_recursion(write_yaml):
+    write_yaml("c0.yaml", {"seed": 5, **MINIMAL})
+    for i in range(1, 1200):
+        write_yaml(f"c{i}.yaml", {"extends": f"c{i - 1}.yaml", "train": {"epochs": i}})
+    cfg = load_config(write_yaml("top.yaml", {"extends": "c1199.yaml"}))
+    assert (cfg.name, cfg.seed, cfg.train.epochs) == ("top", 5, 1199)
+    proc = _run_config_command(write_yaml("top2.yaml", {"extends": "c1199.yaml"}))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_extends_naming_a_folder_names_the_key(write_yaml, tmp_path):
+    (tmp_path / "base").mkdir()
+    err = error_of(write_yaml("c.yaml", {"extends": "base", **MINIMAL}))
+    assert err.path == "extends" and "is a folder" in err.message and "c.yaml" in str(err)
+
+
+def _example_configs():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [(str(p.relative_to(root)), p.read_text()) for p in sorted((root / "configs").rglob("*.yaml"))]
+    blocks = re.findall(r"```yaml\n(.*?)```", (root / "README.md").read_text(), flags=re.S)
+    files += [(f"README.md block {i}", text) for i, text in enumerate(blocks) if re.search(r"^(model|extends):", text, re.M)]
+    return files
+
+
+@pytest.mark.parametrize("name, text", _example_configs(), ids=[n for n, _ in _example_configs()])
+def test_json_schema_accepts_every_shipped_config(name, text):
+    jsonschema = pytest.importorskip("jsonschema")
+    from expkit.files import load_yaml_text
+
+    errors = [e.message for e in jsonschema.Draft202012Validator(json_schema()).iter_errors(load_yaml_text(text))]
+    assert errors == [], name
+
+
+def test_json_schema_requires_model_unless_extends_and_allows_dollar_schema(write_yaml):
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json_schema())
+    assert [e.message for e in validator.iter_errors({"seed": 1})] == ["'model' is a required property"]
+    assert list(validator.iter_errors({"extends": "base.yaml", "seed": 1, "$schema": "expkit.json"})) == []
+    assert [e.message for e in validator.iter_errors({"extends": "b.yaml", "sed": 1})] == [
+        "Additional properties are not allowed ('sed' was unexpected)"]
+    cfg = load_config(write_yaml("s.yaml", {"$schema": "./expkit.schema.json", **MINIMAL}))
+    assert cfg.name == "s"

@@ -624,3 +624,32 @@ def test_every_source_is_checked_for_labels_and_pixels():
     err = config_error(_check_raw, RawData(x, np.array([0, 1, 0, 1]), ["a", "b"], bad, np.array([0, 1, 0, 1])), "data.path")
     assert err.message == ("pixel values must be finite numbers; the test set holds 1 NaN or infinite value(s), "
                            "the first in example 2")
+
+
+def test_npz_header_claiming_more_than_the_file_holds_names_the_array(tmp_path):
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 28, 28)})
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x_train.npy", header.getvalue() + bytes(64))
+        buf = io.BytesIO()
+        np.save(buf, np.arange(4))
+        zf.writestr("y_train.npy", buf.getvalue())
+    for call in (lambda c: load_dataset(c, 0, "x"), probe_dataset):
+        err = config_error(call, cfg(dataset="npz", path=str(path)))
+        assert err.path == "data.path" and str(path) in str(err)
+        assert "x_train: its header claims shape (1000000000000, 28, 28) of uint8 (784,000,000,000,000 bytes) " \
+               "but it holds 64 bytes" in str(err)
+
+
+def test_a_test_label_outside_the_training_labels_names_the_split(tmp_path):
+    (x, y), (xt, yt) = small_arrays(40, k=10), small_arrays(5, k=10)
+    yt[2] = 10
+    path = write_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    for call in (lambda c: load_dataset(c, 0, "x"), probe_dataset):
+        err = config_error(call, cfg(dataset="npz", path=path))
+        assert err.path == "data.path"
+        assert f"y_test of {path} holds label 10, outside the training labels 0..9 (y_train)" in str(err)

@@ -190,3 +190,10 @@ def test_not_a_table(tmp_path, table):
         diff_tables(table, tmp_path / "x.csv")
     with pytest.raises(ConfigError, match="missing.csv: file not found"):
         diff_tables(tmp_path / "missing.csv", table)
+
+
+@pytest.mark.parametrize("tolerance", [float("nan"), float("inf"), -0.1])
+def test_non_finite_or_negative_tolerance_is_refused(table, tmp_path, tolerance):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_accuracy", "0.8255"))
+    with pytest.raises(ConfigError, match="--tolerance must be a finite number >= 0"):
+        diff_tables(table, new, fail_on_worse="best_val_accuracy", tolerance=tolerance)

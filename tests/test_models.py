@@ -198,3 +198,18 @@ def test_any_valid_run_name_builds_a_model():
                     "train": {"loss": "sparse_categorical_crossentropy"}})
     model = build_model(cfg, (4,), 3)
     assert model.name == "lr_0_1___more" and model.output_shape == (None, 3)
+
+
+@pytest.mark.parametrize("name", ["_baseline", "-v2", "(test)"])
+def test_every_name_the_schema_accepts_trains(tmp_path, tiny_config, name):
+    import json
+
+    from expkit.models import keras_model_name
+    from expkit.runner import run_experiment
+
+    cfg = validate({**tiny_config, "name": name, "train": {**tiny_config.get("train", {}), "epochs": 1}})
+    run = run_experiment(cfg, runs_dir=tmp_path / "runs", device="cpu")
+    results = json.loads((run.path / "results.json").read_text())
+    assert (results["name"], results["status"]) == (name, "done")
+    assert run.path.parent == tmp_path / "runs" / name
+    assert keras_model_name(name) == {"_baseline": "m_baseline", "-v2": "m_v2", "(test)": "m_test_"}[name]

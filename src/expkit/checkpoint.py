@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import stopping
+from .errors import ConfigError, first_line
 
 CHECKPOINT = "checkpoint.keras"
 MODEL = "model.keras"
@@ -109,6 +110,10 @@ def write_checkpoint(model, folder: str | Path, state: dict, best_weights: list 
     return path
 
 
+WEIGHTS_MEMBER = "model.weights.h5"  # where Keras' .keras format keeps the weights
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def read_checkpoint(folder: str | Path) -> Checkpoint | None:
     """The folder's checkpoint, or None when it has none (or one that cannot be read: a warning, and
     the run starts again from its first epoch)."""
@@ -118,6 +123,9 @@ def read_checkpoint(folder: str | Path) -> Checkpoint | None:
     try:
         with zipfile.ZipFile(path) as zf:
             state = json.loads(zf.read(STATE_MEMBER))
+            with zf.open(WEIGHTS_MEMBER) as fh:  # a whole zip can still hold garbage weights
+                if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                    raise ValueError(f"{WEIGHTS_MEMBER} inside is not an HDF5 file (file signature not found)")
         int(state["epoch"]), list(state["history"])
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
         print(f"expkit: warning: {path}: unreadable checkpoint ({type(exc).__name__}: {exc}); training starts "
@@ -153,12 +161,17 @@ def restore(model, checkpoint: Checkpoint) -> None:
 
     model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded into
     with stopping.deferred():  # h5py again, as in save_model
-        model.load_weights(checkpoint.path)
+        try:
+            model.load_weights(checkpoint.path)
+        except ValueError as exc:  # Keras: "A total of N objects could not be loaded"
+            raise ConfigError(f"the checkpoint does not match the run's config (was its config.yaml edited to "
+                              f"another model?): {first_line(exc)}; restore the config, or start a new run",
+                              file=checkpoint.path) from None
     seeds = checkpoint.state.get("seeds") or []
     variables = seed_variables(model)
     if len(seeds) != len(variables):
-        raise ValueError(f"{checkpoint.path}: holds {len(seeds)} seed generator states, the model has "
-                         f"{len(variables)}: the checkpoint belongs to another model")
+        raise ConfigError(f"holds {len(seeds)} seed generator states, the model has {len(variables)}: the "
+                          "checkpoint does not match the run's config", file=checkpoint.path)
     for variable, value in zip(variables, seeds):
         variable.assign(np.asarray(value, dtype=variable.dtype))
 

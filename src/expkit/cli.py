@@ -58,6 +58,9 @@ def cmd_run(args) -> int:
     if args.config is None:
         raise ConfigError("expkit run needs a config file (or --resume RUN_DIR to continue an interrupted run)")
     cfg = _load(args)
+    executor = args.executor or (cfg.sweep.executor if cfg.sweep is not None else None)
+    if args.address is not None and executor != "ray":
+        raise ConfigError("--address names a Ray cluster: it needs --executor ray (or sweep.executor: ray)")
     if args.dry_run:
         activate(cfg.backend, device=args.device)
         if cfg.sweep is None:
@@ -161,6 +164,12 @@ def cmd_report(args) -> int:
 
     from .report.html import write_html_report
 
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"-o {out}: is a folder; name the report's file (e.g. {out / 'report.html'})")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"-o {out}: {blocker} is a file, not a folder")
     began = time.perf_counter()
     path = write_html_report([Path(p) for p in args.paths], args.output, baseline=args.baseline, title=args.title)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - began:.1f} s)", file=sys.stderr)
@@ -277,13 +286,25 @@ def main(argv=None) -> int:
         print(f"expkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("expkit: interrupted; finished work is kept, the run folder is marked 'interrupted'", file=sys.stderr)
+        print(f"expkit: {_interrupted_message(args, exc)}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except RunWriteError as exc:
         print(f"expkit: error: {exc}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)  # a caller's own (main() called in-process)
+
+
+def _interrupted_message(args, exc: BaseException) -> str:
+    """Say what was stopped: a run or sweep folder only when one was actually marked, with how to go on."""
+    kind, folder = getattr(exc, "marked_folder", (None, None))
+    if kind == "run":
+        return (f"interrupted; finished work is kept, the run folder {folder} is marked 'interrupted'; "
+                f"continue it with: expkit run --resume {folder}")
+    if kind == "sweep":
+        return (f"interrupted; finished trials are kept in the sweep folder {folder}, running ones are marked "
+                f"'interrupted'; continue it by running the same command again (finished trials are skipped)")
+    return f"interrupted: 'expkit {args.command}' stopped before writing any run folder"
 
 
 def console() -> None:

@@ -60,6 +60,8 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
     matched (nothing was compared), or when rows of the old table are missing from the new one (unless
     `allow_removed`). Accuracies: higher is better; losses and seconds: lower is better; a value that
     became NaN (divergence) is worse."""
+    if not math.isfinite(tolerance) or tolerance < 0:  # nan compares False, so it would pass every regression
+        raise ConfigError(f"--tolerance must be a finite number >= 0, found {tolerance}")
     old_cols, old_rows = _read_table(old_csv_path)
     new_cols, new_rows = _read_table(new_csv_path)
     metrics = [m for m in METRICS if m in old_cols and m in new_cols]
@@ -68,8 +70,6 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
         if fail_on_worse not in directed:
             raise ConfigError(f"--fail-on-worse: unknown metric '{fail_on_worse}' "
                               f"(metrics in both tables: {', '.join(directed) or 'none'})")
-    if tolerance < 0:
-        raise ConfigError(f"--tolerance must be >= 0, found {tolerance}")
 
     keys = [c for c in old_cols if c in new_cols and _is_key(c)]
     matches = _match(old_rows, new_rows, keys)

@@ -43,13 +43,57 @@ def load_yaml_text(text: str):
     last one win silently) raises ConfigError naming its key path and lines; bad YAML raises yaml.YAMLError."""
     loader = ConfigLoader(text)
     try:
-        node = loader.get_single_node()
+        try:
+            node = loader.get_single_node()
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise ConfigError(f"the YAML is nested too deep (at most {MAX_YAML_DEPTH} levels)") from None
         if node is None:
             return None
+        _refuse_oversized(node)
         _refuse_duplicate_keys(node, [], set())
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+# A config is a few hundred values; aliases can make a short file expand to billions (an alias bomb),
+# which would hang building it, and deep nesting would exhaust Python's recursion.
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 100
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _refuse_oversized(root) -> None:
+    """Count the nodes the document expands to (an alias counts its whole target again) and its depth,
+    without recursion; each node is measured once, so a bomb is refused in time linear in the file."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            kids = [k for k in _children(node) if id(k) in size]  # a recursive alias counts once
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            if size[key] > MAX_YAML_NODES:
+                raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES} values (through aliases "
+                                  "'*name'?): a config is far smaller; refusing to build it")
+            if height[key] > MAX_YAML_DEPTH:
+                raise ConfigError(f"the YAML is nested too deep (more than {MAX_YAML_DEPTH} levels)")
+            continue
+        if key in size or key in height:
+            continue
+        height[key] = 0  # in progress: a recursive alias reaching it again stops here
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in height)
 
 
 def _refuse_duplicate_keys(node, path: list, seen: set) -> None:

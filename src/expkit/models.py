@@ -13,6 +13,13 @@ from .registry import did_you_mean
 CLASS_LOSSES = {"categorical_crossentropy", "sparse_categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"}
 
 
+def keras_model_name(name: str) -> str:
+    """The run's name as a Keras model name. TensorFlow takes a model's name as a root name scope, which
+    must start with a letter or digit; the run keeps its own name ('_baseline', '-v2', '(test)')."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return safe if safe[:1].isalnum() else f"m{safe}"
+
+
 def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | None):
     """Build the model; an impossible architecture is a ConfigError naming the layer.
 
@@ -52,7 +59,7 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
             "add flatten or global pooling before the dense layers", path=("model", "layers", last, last_name))
     if cfg.train.loss in CLASS_LOSSES and num_classes is not None and out_units != num_classes:
         raise ConfigError(_class_count_mismatch(cfg, out_units, num_classes), path=("model", "layers", last, last_name))
-    model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=re.sub(r"[^A-Za-z0-9_]", "_", cfg.name))
+    model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=keras_model_name(cfg.name))
     return model
 
 

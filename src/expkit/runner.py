@@ -109,8 +109,9 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
         status = DIVERGED if result.diverged else DONE
         if status == DONE and cfg.train.save_model:
             save_model(model, run.path)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         finish_run(run, record, result, INTERRUPTED, INTERRUPTED_MESSAGE, trackers)
+        exc.marked_folder = ("run", run.path)  # the CLI names it, and how to resume it
         raise
     except ClaimLost:
         raise  # another process owns the folder now: write nothing more

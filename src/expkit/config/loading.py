@@ -84,25 +84,39 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def load_raw(path: str | Path, _chain: tuple = ()) -> dict:
-    """The config file with its `extends` chain merged in (bases first, this file on top)."""
+def load_raw(path: str | Path) -> dict:
+    """The config file with its `extends` chain merged in (bases first, this file on top).
+
+    The chain is followed in a loop, not by recursion, so a long chain is read (or its cycle named)
+    without exhausting Python's recursion limit."""
     path = Path(path)
-    resolved = path.resolve()
-    if resolved in _chain:
-        cycle = " -> ".join(p.name for p in (*_chain, resolved))
-        raise ConfigError(f"extends cycle: {cycle}", file=path, path="extends")
-    raw = read_yaml(path)
-    base_ref = raw.pop("extends", None)
-    if base_ref is None:
-        return raw
-    if not isinstance(base_ref, str):
-        raise ConfigError(f"expected a file path (string), found {type(base_ref).__name__}", file=path, path="extends")
-    base_path = path.parent / base_ref
-    if not base_path.exists():
-        raise ConfigError(f"base config '{base_ref}' not found (looked for {base_path})", file=path, path="extends")
-    base = load_raw(base_path, (*_chain, resolved))
-    base.pop("name", None)  # a child is its own experiment, named after its own file
-    return deep_merge(base, raw)
+    layers: list[dict] = []
+    chain: list[Path] = []
+    while True:
+        resolved = path.resolve()
+        if resolved in chain:
+            cycle = " -> ".join(p.name for p in (*chain, resolved))
+            raise ConfigError(f"extends cycle: {cycle}", file=path, path="extends")
+        chain.append(resolved)
+        raw = read_yaml(path)
+        raw.pop("$schema", None)  # for editors (json_schema allows it); not part of the experiment
+        base_ref = raw.pop("extends", None)
+        layers.append(raw)
+        if base_ref is None:
+            break
+        if not isinstance(base_ref, str):
+            raise ConfigError(f"expected a file path (string), found {type(base_ref).__name__}", file=path, path="extends")
+        base_path = path.parent / base_ref
+        if not base_path.exists():
+            raise ConfigError(f"base config '{base_ref}' not found (looked for {base_path})", file=path, path="extends")
+        if base_path.is_dir():
+            raise ConfigError(f"base config '{base_ref}' is a folder (expected a YAML file)", file=path, path="extends")
+        path = base_path
+    merged = layers.pop()
+    while layers:
+        merged.pop("name", None)  # a child is its own experiment, named after its own file
+        merged = deep_merge(merged, layers.pop())
+    return merged
 
 
 def _describe_error(err: dict, model_cls) -> tuple[str, str]:
@@ -181,4 +195,11 @@ def json_schema() -> dict:
     """JSON Schema of the config, for editors' autocompletion."""
     schema = ExperimentConfig.model_json_schema()
     schema["properties"]["extends"] = {"type": "string", "description": "Base config file, relative to this one."}
+    # editors point a file at the schema with a `$schema` key (load_config ignores it)
+    schema["properties"]["$schema"] = {"type": "string", "description": "This schema's address, for editors."}
+    # `name` defaults to the file's name; what the schema requires, an `extends` file may inherit instead
+    required = [key for key in schema.pop("required", []) if key != "name"]
+    if required:
+        schema["if"] = {"required": ["extends"]}
+        schema["else"] = {"required": required}
     return schema

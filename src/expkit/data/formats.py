@@ -7,6 +7,7 @@ ConfigError with the right key path.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -97,6 +98,28 @@ def npz_keys(path: Path) -> list[str]:
             return [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
     except (zipfile.BadZipFile, OSError) as exc:
         raise ValueError(f"{path}: not an .npz file ({exc})") from None
+
+
+def npz_size_problem(path: Path, key: str) -> str | None:
+    """What is wrong when an .npz array's header claims more data than its member holds, else None.
+    numpy allocates what the header claims before reading, so a crafted header asks for terabytes."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+            header = fh.tell()
+    claimed = math.prod(shape) * dtype.itemsize
+    held = info.file_size - header
+    if claimed > held:
+        return (f"{key}: its header claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but it holds "
+                f"{held:,} bytes: the file is damaged or not written by numpy")
+    return None
 
 
 def npz_shape(path: Path, key: str) -> tuple[int, ...]:

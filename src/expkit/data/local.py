@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
-from .formats import npz_keys, npz_shape
+from .formats import npz_keys, npz_shape, npz_size_problem
 from .source import (
     RawData, check_finite, choice_option, class_names, existing_path, integer_labels, names_option, register_source,
     shape_option,
@@ -45,9 +46,20 @@ def _npz_style(file: Path) -> tuple[list[str], tuple]:
     )
 
 
+def _check_npz_sizes(file, keys) -> None:
+    for key in keys:
+        try:
+            problem = npz_size_problem(file, key)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ConfigError(f"{file}: cannot read {key} ({exc})", path="data.path") from None
+        if problem:
+            raise ConfigError(f"{file}: {problem}", path="data.path")
+
+
 def _npz_probe(path, *, classes):
     file = existing_path(path, "npz", kind="file")
     keys, style = _npz_style(file)
+    _check_npz_sizes(file, keys)
     shape = npz_shape(file, style[0][0])[1:]
     names = names_option("classes", classes)
     if names is None:
@@ -62,6 +74,7 @@ def npz(path, seed, *, classes=None) -> RawData:
     """Arrays from an .npz: x_train, y_train[, x_val, y_val][, x_test, y_test], or notMNIST's names."""
     file = existing_path(path, "npz", kind="file")
     keys, style = _npz_style(file)
+    _check_npz_sizes(file, keys)
     arrays = []
     try:
         with np.load(file, allow_pickle=False) as f:

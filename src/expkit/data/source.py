@@ -169,6 +169,12 @@ def class_names(given: list[str] | None, labels: dict[str, np.ndarray | None], *
         return given
     if not present:
         return []
+    train_name = next(iter(labels))  # the training split comes first
+    if len(present) > 1 and train_name in present and top > (train_top := int(present[train_name].max())):
+        # counted from the highest label, a stray one in another split would look like an extra class
+        raise ConfigError(
+            f"{top_name} of {where} holds label {top}, outside the training labels 0..{train_top} ({train_name}): "
+            f"fix the labels, or list every class name in data.options.classes", path="data.path")
     seen = np.unique(np.concatenate([y.astype(np.int64) for y in present.values()]))
     if top < 1:
         raise ConfigError(f"a classifier needs at least 2 classes, but every label in {where} is {top}", path="data.path")

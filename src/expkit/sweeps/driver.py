@@ -296,7 +296,9 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
             for key in [k for k in in_flight_units if k not in runner.in_flight]:
                 del in_flight_units[key]
             show()
-    except (KeyboardInterrupt, ConfigError, RunWriteError):
+    except (KeyboardInterrupt, ConfigError, RunWriteError) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            exc.marked_folder = ("sweep", sweep_dir)  # the CLI names it, and how to continue it
         for t, outcome in runner.stop():  # every running trial records itself as interrupted
             settle(t, outcome, tables=False)
         try:
