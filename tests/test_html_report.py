@@ -62,11 +62,11 @@ def test_each_run_shows_its_config_differences_against_the_baseline(runs):
     assert "<td>name</td>" not in trial  # names and seeds are not config differences
 
 
-def chromium(tmp_path, page: Path, *args, size="1280,2000"):
-    """Run headless Chromium on `page`; returns (dumped DOM, console lines)."""
+def chromium(tmp_path, page: Path | str, *args, size="1280,2000"):
+    """Run headless Chromium on `page` (a file, or a URL as text); returns (dumped DOM, console lines)."""
     out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-                          f"--window-size={size}", *args, page.as_uri()],
+                          f"--window-size={size}", *args, page if isinstance(page, str) else page.as_uri()],
                          capture_output=True, text=True, timeout=120)
     console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
     return out.stdout, console

@@ -1,5 +1,5 @@
 """Trackers: what TensorBoard and MLflow hold after a run, a sweep and an export, read back with
-the libraries' own readers (TensorBoard's EventAccumulator, MLflow's MlflowClient on a file store)."""
+the libraries' own readers (TensorBoard's EventAccumulator, MLflow's MlflowClient on expkit's SQLite store)."""
 
 import csv
 import io
@@ -33,10 +33,10 @@ def accumulator(folder):
 
 
 def client(tmp_path, monkeypatch):
+    """expkit's default store: the SQLite database beside the runs folder."""
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +93,7 @@ def test_a_tensorboard_sweep_has_the_hparams_experiment(tmp_path, tiny_config):
 
 def test_mlflow_holds_params_metrics_and_files(tmp_path, tiny_config, monkeypatch):
     cfg = validate({**tiny_config, "track": ["mlflow"]})
-    run = run_experiment(cfg, runs_dir=tmp_path / "runs")  # the store: runs/../mlruns
+    run = run_experiment(cfg, runs_dir=tmp_path / "runs")  # the store: runs/../mlflow.db
     mlf = client(tmp_path, monkeypatch)
     (found,) = mlf.search_runs([mlf.get_experiment_by_name("tiny").experiment_id])
     assert found.info.status == "FINISHED" and found.info.run_name == run.path.name
@@ -163,6 +163,19 @@ def test_a_failing_tracker_is_one_warning_and_the_run_keeps_its_record(tmp_path,
                         "quota exceeded); the run goes on without tensorboard"]
 
 
+def test_a_file_store_the_user_names_is_honoured(tmp_path, tiny_config, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = (tmp_path / "elsewhere").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    run_experiment(validate({**tiny_config, "track": ["mlflow"]}), runs_dir=tmp_path / "runs")
+    found = MlflowClient(tracking_uri=store).search_runs([MlflowClient(tracking_uri=store)
+                                                         .get_experiment_by_name("tiny").experiment_id])
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_tracker_names_are_checked_before_anything_runs(tmp_path, tiny_config, monkeypatch):
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'; did you mean 'tensorboard'") as info:
         validate({**tiny_config, "track": ["tensorbord"]})
@@ -187,6 +200,6 @@ def test_track_on_the_command_line(tmp_path, tiny_config, capsys):
     assert main(["config", str(path)]) == 0 and "track: [mlflow]" in capsys.readouterr().out
     assert main(["run", str(path), "--track", "tensorboard", "--runs-dir", str(tmp_path / "runs")]) == 0
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (folder / "tensorboard").is_dir() and not (tmp_path / "mlruns").exists()
+    assert (folder / "tensorboard").is_dir() and not (tmp_path / "mlflow.db").exists()
     assert main(["run", str(path), "--track", "none", "--runs-dir", str(tmp_path / "runs2")]) == 0
-    assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "mlflow.db").exists()

@@ -323,7 +323,7 @@ class ExperimentConfig(Section):
     track: list[str] = Field(
         default_factory=list, description="Trackers that also record the run: tensorboard (event files in "
         "<run>/tensorboard/, HParams for sweeps), mlflow (one MLflow run per run, sweeps as parent and child runs, "
-        "in mlruns/ beside the runs folder or $MLFLOW_TRACKING_URI). Each needs its library: pip install "
+        "in mlflow.db beside the runs folder or $MLFLOW_TRACKING_URI). Each needs its library: pip install "
         "'expkit[tensorboard]' or 'expkit[mlflow]'. `expkit run --track` overrides it. A tracker that fails is "
         "one warning line; the run and its record go on.")
     sweep: SweepConfig | None = Field(

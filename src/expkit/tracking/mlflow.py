@@ -5,10 +5,11 @@ string). Metrics: each metrics.csv column per epoch (step = epoch), then the rec
 metrics and fit seconds. Artifacts: the run folder's files (not the transient checkpoint). A sweep is
 an MLflow parent run (named after the sweep, holding its tables and plots) with one child run per trial.
 
-The store: `$MLFLOW_TRACKING_URI` when set, else the file store `mlruns/` beside the runs folder
-(`runs/../mlruns`, where `mlflow ui` run from that folder looks). MLflow 3 keeps the file store in
-maintenance mode and refuses it unless MLFLOW_ALLOW_FILE_STORE is set; expkit sets it for its own
-default store only. Runs are tagged with their folder (`expkit.folder`), so a resumed run continues its
+The store: `$MLFLOW_TRACKING_URI` when set (a server, `sqlite:///...`, or a `file:` store), else the
+SQLite database `mlflow.db` beside the runs folder (`runs/../mlflow.db`, the store MLflow 3 recommends),
+its artifacts in `runs/../mlartifacts/`. MLflow 3 keeps the file store in maintenance mode and refuses
+it unless MLFLOW_ALLOW_FILE_STORE is set: a user who names a file store has chosen it, so expkit sets
+that for them. Runs are tagged with their folder (`expkit.folder`), so a resumed run continues its
 MLflow run and `expkit export mlflow` does not log a folder twice.
 """
 
@@ -36,12 +37,21 @@ def runs_dir_of(run_dir: Path) -> Path:
 
 
 def tracking_uri(runs_dir: Path) -> str:
-    """$MLFLOW_TRACKING_URI, else the file store `mlruns/` beside `runs_dir`."""
+    """$MLFLOW_TRACKING_URI, else the SQLite store `mlflow.db` beside `runs_dir`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        if uri.startswith("file:") or "://" not in uri:  # a file store the user chose: MLflow 3 asks for consent
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return uri
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return (Path(runs_dir).resolve().parent / "mlruns").as_uri()
+    return "sqlite:///" + str(Path(runs_dir).resolve().parent / "mlflow.db")
+
+
+def artifact_root(runs_dir: Path) -> str | None:
+    """Where the default store's experiments keep their files: `mlartifacts/` beside `runs_dir` (else
+    MLflow would pick a folder under the current directory). None: the store the user set decides."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (Path(runs_dir).resolve().parent / "mlartifacts").as_uri()
 
 
 def folder_key(folder: Path) -> str:
@@ -51,7 +61,9 @@ def folder_key(folder: Path) -> str:
 def _client(runs_dir: Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(runs_dir))
+    client = MlflowClient(tracking_uri=tracking_uri(runs_dir))
+    client.expkit_artifact_root = artifact_root(runs_dir)
+    return client
 
 
 def _experiment_id(client, name: str) -> str:
@@ -60,8 +72,9 @@ def _experiment_id(client, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    root = getattr(client, "expkit_artifact_root", None)
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
     except MlflowException:  # another process created it meanwhile
         return client.get_experiment_by_name(name).experiment_id
 
