@@ -1,0 +1,5 @@
+"""`python -m expkit`: the same CLI as the `expkit` command."""
+
+from .cli import console
+
+console()
