@@ -197,3 +197,17 @@ def test_non_finite_or_negative_tolerance_is_refused(table, tmp_path, tolerance)
     new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_accuracy", "0.8255"))
     with pytest.raises(ConfigError, match="--tolerance must be a finite number >= 0"):
         diff_tables(table, new, fail_on_worse="best_val_accuracy", tolerance=tolerance)
+
+
+def test_rows_of_one_folder_match_by_path_when_labels_repeat(tmp_path):
+    """A sweep folder with trials of two datasets labels each trial twice, told apart by `grid`, which flips when
+    the sweep runs again: rows pair up by their run folder, so nothing retrained means nothing changed."""
+    head = "run,path,status,grid,data.dataset,best_val_accuracy\n"
+    old = tmp_path / "old.csv"
+    new = tmp_path / "new.csv"
+    old.write_text(head + "s[lr=1],runs/s/a,ok,,sample,0.8\ns[lr=1],runs/s/b,ok,earlier,full,0.5\n")
+    new.write_text(head + "s[lr=1],runs/s/b,ok,,full,0.5\ns[lr=1],runs/s/a,ok,earlier,sample,0.8\n")
+    result = diff_tables(old, new, fail_on_worse="best_val_accuracy")
+    assert [r.change for r in result.rows] == ["same", "same"]
+    assert result.worse is False
+    assert [d.old for r in result.rows for d in r.deltas if d.metric == "best_val_accuracy"] == [0.5, 0.8]

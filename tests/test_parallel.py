@@ -170,3 +170,15 @@ def test_progress_redraws_in_place_on_a_terminal():
     assert stream.text.startswith("\r\x1b[K" + "lr: 0/3 done")
     assert "\r\x1b[K[1/3] lr=0.1 seed=0 (abc): training\n\r\x1b[Klr: 0/3 done" in stream.text
     assert stream.text.endswith("\n")
+
+
+def test_a_two_job_sweep_prints_no_cuda_start_up_lines(tmp_path):
+    """The sweep's process imports Keras while it plans vectorised groups (the seeds' learning-rate sweep does):
+    TensorFlow's start-up lines (`failed call to cuInit` without a GPU) are held back there as in a plain run."""
+    out = subprocess.run(cli("run", REPO / "configs" / "sweep_lr.yaml", "--runs-dir", tmp_path, "--jobs", "2",
+                             "--set", "data.dataset=fashion_mnist_sample", "--set", "train.epochs=1"),
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "sweep sweep_lr: 10 done" in out.stderr
+    for noise in ("cuInit", "absl::InitializeLog", "I0000", "cudart_stub"):
+        assert noise not in out.stderr

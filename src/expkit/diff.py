@@ -72,7 +72,9 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
                               f"(metrics in both tables: {', '.join(directed) or 'none'})")
 
     keys = [c for c in old_cols if c in new_cols and _is_key(c)]
-    matches = _match(old_rows, new_rows, keys)
+    # a run folder is what a row is: the same label and folder in both tables is the same trial, whatever its grid
+    by_path = "path" in old_cols and "path" in new_cols
+    matches = _match(old_rows, new_rows, keys, by_path=by_path)
     rows: list[DiffRow] = []
     worse_rows: list[str] = []
     for new in new_rows:
@@ -132,13 +134,26 @@ def _read_table(path) -> tuple[list[str], list[dict]]:
     return columns, [r for r in rows if not (r["run"] or "").startswith(DIFFERENCE_PREFIX)]
 
 
-def _match(old_rows: list[dict], new_rows: list[dict], keys: list[str]) -> dict[int, dict]:
-    """id(new row) -> old row; rows with the same key pair up in order of appearance."""
+def _match(old_rows: list[dict], new_rows: list[dict], keys: list[str], *, by_path: bool = False) -> dict[int, dict]:
+    """id(new row) -> old row. With `by_path`, rows of the same label and run folder pair up first (a sweep folder
+    holding trials of two datasets labels two rows alike; their folders tell them apart); the rest
+    pair up by key, in order of appearance."""
+    out: dict[int, dict] = {}
+    taken: set[int] = set()
+    if by_path:
+        old_by_path = {(row["run"], row["path"]): row for row in old_rows if row.get("path")}
+        for row in new_rows:
+            old = old_by_path.get((row["run"], row.get("path")))
+            if old is not None and id(old) not in taken:
+                out[id(row)] = old
+                taken.add(id(old))
     waiting: dict[tuple, list[dict]] = {}
     for row in old_rows:
-        waiting.setdefault(tuple(row[k] for k in keys), []).append(row)
-    out = {}
+        if id(row) not in taken:
+            waiting.setdefault(tuple(row[k] for k in keys), []).append(row)
     for row in new_rows:
+        if id(row) in out:
+            continue
         candidates = waiting.get(tuple(row[k] for k in keys))
         if candidates:
             out[id(row)] = candidates.pop(0)

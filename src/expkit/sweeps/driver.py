@@ -9,6 +9,8 @@ claims, work.claim_trial), and a process that finds trials held by others waits 
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import json
 import sys
 import time
@@ -92,8 +94,9 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
                 lanes = _lanes(early, sweep_dir, device, stale_after, say, live)
         if lanes is None:
             runner.preflight(pending)
-        plan = plan_vectorised(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say,
-                               checker=runner if kind == "ray" else lanes)
+        with _keras_imported_quietly():
+            plan = plan_vectorised(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say,
+                                   checker=runner if kind == "ray" else lanes)
         if lanes is not None:
             runner.preflight([t for t in pending if t.id not in plan.checked])
         for note in plan.notes:
@@ -321,3 +324,29 @@ def _attempted_since(folder: Path, began: float) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return holder is not None and holder.heartbeat >= began
+
+
+@contextlib.contextmanager
+def _keras_imported_quietly():
+    """Planning vectorised groups may build models here (work.preflight imports Keras), and Keras imports
+    TensorFlow, whose start-up lines (`failed call to cuInit ... (303)` on a machine without a GPU) a plain
+    run and a worker hold back with import_quietly: the sweep's process does the same, only if it imports
+    Keras at all (most sweeps never build a model in this process)."""
+    from ..backend import import_quietly, installed
+
+    class QuietFirst(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "keras" and self in sys.meta_path:
+                sys.meta_path.remove(self)
+                if installed("tensorflow"):
+                    import_quietly("tensorflow")
+            return None
+
+    finder = QuietFirst()
+    if "keras" not in sys.modules:
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
