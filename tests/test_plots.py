@@ -86,3 +86,21 @@ def test_plot_bars(lr_sweep, tmp_path):
     table = comparison_table(collect_runs([lr_sweep]), baseline="sweep_lr[learning_rate=0.01]")
     assert_png(plot_bars(table, tmp_path / "bars.png"))
     assert_png(plot_bars(table, tmp_path / "loss.png", metric="best_val_loss"))
+
+
+def test_published_bars_are_grey_and_hatched_beside_ours(tmp_path):
+    """A `--reference` row is drawn in its own grey (with a legend), not in our runs' blue."""
+    import numpy as np
+    import pandas as pd
+    from matplotlib.image import imread
+
+    def grey_pixels(png):
+        rgb = imread(png)[..., :3]
+        return int((np.abs(rgb - 0.75).max(axis=-1) < 0.02).sum())
+
+    ours = {"run": "cnn1", "status": "done", "best_val_accuracy": 0.90}
+    published = {"run": "cnn1 (published)", "status": "published", "best_val_accuracy": 0.88}
+    assert_png(plot_bars(pd.DataFrame([ours, published]), tmp_path / "with.png"))
+    assert_png(plot_bars(pd.DataFrame([ours, {**published, "status": "done"}]), tmp_path / "without.png"))
+    with_, without = grey_pixels(tmp_path / "with.png"), grey_pixels(tmp_path / "without.png")
+    assert with_ > 20 * without, (with_, without)

@@ -181,3 +181,22 @@ def test_training_on_the_shipped_sample_learns(tmp_path):
     res = read_results(run_experiment(cfg, runs_dir=tmp_path))
     assert res["n_train"] == 3600 and res["n_test"] == 1000
     assert res["best"]["val_accuracy"] > 0.6 and res["test"]["accuracy"] > 0.6
+
+
+def test_each_trials_curves_are_titled_with_its_values_and_seed(tmp_path, tiny_config, monkeypatch):
+    """Two trials' curves.png were titled with the sweep's name alone; now each names what sets it apart."""
+    import io
+    from pathlib import Path
+
+    from expkit.report import plots
+    from expkit.sweeps.driver import run_sweep
+
+    titles, draw = {}, plots.plot_curves
+    monkeypatch.setattr(plots, "plot_curves", lambda csv, png, title: titles.setdefault(Path(png).parent.name, title)
+                        and draw(csv, png, title))
+    cfg = {**tiny_config, "train": {**tiny_config["train"], "epochs": 1},
+           "sweep": {"grid": {"train.learning_rate": [0.01, 0.001]}, "seeds": [3]}}
+    sweep_dir, counts = run_sweep(validate(cfg), runs_dir=tmp_path, log=io.StringIO())
+    assert counts == {"done": 2}
+    assert sorted(titles.values()) == ["tiny train.learning_rate=0.001 seed=3", "tiny train.learning_rate=0.01 seed=3"]
+    assert all((sweep_dir / trial_id / "curves.png").stat().st_size > 0 for trial_id in titles)

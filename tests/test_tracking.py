@@ -203,3 +203,21 @@ def test_track_on_the_command_line(tmp_path, tiny_config, capsys):
     assert (folder / "tensorboard").is_dir() and not (tmp_path / "mlflow.db").exists()
     assert main(["run", str(path), "--track", "none", "--runs-dir", str(tmp_path / "runs2")]) == 0
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_tracking_a_finished_sweep_says_so_and_names_the_export_command(tmp_path, tiny_config):
+    """A tracker records a trial while it trains: a rerun with `track` over finished trials trains
+    nothing and tracks nothing, and one line says how to record them (the command it names works)."""
+    from expkit.sweeps.driver import run_sweep
+
+    sweep_dir, counts = run_sweep(validate(sweep_config(tiny_config, [])), runs_dir=tmp_path / "runs",
+                                  log=io.StringIO())
+    assert counts == {"done": 2}
+    log = io.StringIO()
+    _, counts = run_sweep(validate(sweep_config(tiny_config, ["tensorboard"])), runs_dir=tmp_path / "runs", log=log)
+    assert counts == {"done": 2} and not (sweep_dir / "tensorboard").exists()
+    line = next(l for l in log.getvalue().splitlines() if l.startswith("track: "))
+    assert line == (f"track: 2 of 2 trials had finished before and are not tracked again; to record them: "
+                    f"expkit export tensorboard {sweep_dir}")
+    assert main(line.split("to record them: expkit ")[1].split()) == 0
+    assert (sweep_dir / "tensorboard").is_dir()

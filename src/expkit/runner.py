@@ -207,7 +207,7 @@ def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: st
         try:
             from .report.plots import plot_curves
 
-            plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=record.name)
+            plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=curves_title(record))
         except Exception as exc:  # a plot must never cost the run's record
             print(f"expkit: could not draw curves.png: {exc}", file=sys.stderr)
     if status in (DONE, DIVERGED):
@@ -216,6 +216,15 @@ def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: st
         remove_checkpoint(run.path)
     if trackers is not None:
         trackers.finish(record)
+
+
+def curves_title(record: RunRecord) -> str:
+    """curves.png's title: the run's name, and for a sweep's trial what sets it apart (its values and
+    seed), so two trials' plots are told apart."""
+    trial = record.trial or {}
+    values = " ".join(f"{k}={v}" for k, v in (trial.get("values") or {}).items())
+    seed = f"seed={trial['seed']}" if trial.get("seed") is not None else ""
+    return " ".join(part for part in (record.name, values, seed) if part)
 
 
 def _plain(text: str | None) -> str | None:

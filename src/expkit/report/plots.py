@@ -10,7 +10,7 @@ from typing import Iterable
 
 from ..errors import ConfigError
 from ..files import read_csv, write_figure_atomic
-from .formatting import DIFFERENCE_PREFIX, format_number
+from .formatting import DIFFERENCE_PREFIX, PUBLISHED, format_number
 
 DPI = 100
 
@@ -160,7 +160,8 @@ def plot_overlay(run_dirs_with_labels: Iterable[tuple[str | Path, str]], out_png
 
 def plot_bars(table, out_png: str | Path, metric: str = "best_val_accuracy") -> Path:
     """One bar per compared row (difference rows left out), error bars from `<metric>_std`,
-    each bar labelled with its value."""
+    each bar labelled with its value; a published reference row (`--reference`) is grey and hatched,
+    with a legend, so it is not read as one of our runs."""
     rows = _table_rows(table, ["run", metric])
     labels = [str(r["run"]) for r in rows]
     y = [_float(r[metric]) for r in rows]
@@ -168,7 +169,15 @@ def plot_bars(table, out_png: str | Path, metric: str = "best_val_accuracy") -> 
     fig, (ax,) = _figure(1, width=max(4.0, 1.1 * len(rows) + 2), height=4.2)
     heights = [v if math.isfinite(v) else 0.0 for v in y]
     yerr = [s if math.isfinite(s) else 0.0 for s in std] if any(math.isfinite(s) for s in std) else None
-    bars = ax.bar(range(len(rows)), heights, yerr=yerr, capsize=4, color="tab:blue")
+    published = [str(r.get("status", "")).strip() == PUBLISHED for r in rows]
+    bars = ax.bar(range(len(rows)), heights, yerr=yerr, capsize=4,
+                  color=["0.75" if p else "tab:blue" for p in published], edgecolor=["0.35" if p else "tab:blue" for p in published],
+                  hatch=["//" if p else "" for p in published])
+    if any(published):
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor="tab:blue", label="this run"),
+                           Patch(facecolor="0.75", edgecolor="0.35", hatch="//", label="published")], fontsize="small")
     ax.bar_label(bars, labels=[format_number(metric, v) for v in y], padding=2, fontsize="small")
     long = max(map(len, labels), default=0) > 10
     ax.set_xticks(range(len(rows)), labels, rotation=30 if long else 0, ha="right" if long else "center")

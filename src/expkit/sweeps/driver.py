@@ -86,6 +86,10 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     lanes = None  # the JAX processes of this machine that train vectorised groups (executor local)
     try:
         pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
+        if cfg.track and len(pending) < len(trials):  # a tracker records a trial as it trains, never afterwards
+            finished = len(trials) - len(pending)
+            tell(f"track: {finished} of {len(trials)} trials had finished before and are not tracked again; to record "
+                 f"them: " + "; ".join(f"expkit export {name} {sweep_dir}" for name in cfg.track))
         if kind != "ray":
             # JAX processes started now when the config says a group is likely; they then check the
             # trials they will train, and the trial executor checks only the rest (on their backend).
