@@ -511,3 +511,31 @@ def test_recording_keys_are_the_same_in_config_and_tables():
     assert {".".join(k) for k in RECORDING_KEYS} <= set(NOT_COMPARED_KEYS)
     assert not is_compared("train.save_model") and not is_compared("track")
     assert is_compared("train.learning_rate") and not is_compared("seed")
+
+
+def test_a_vectorised_groups_shared_fit_time_is_marked_in_the_table_and_the_plot(tmp_path):
+    """Trials trained as one vectorised program all record that program's time: the table says so
+    beside fit_seconds (`fit_shared`), and the sweep plot draws those times apart from own times."""
+    from expkit.report.plots import plot_sweep
+
+    sweep = write_sweep(tmp_path, [
+        ("a1", {"train.learning_rate": 0.1}, 0, {"best": (0.80, 0.82, 0.50, 0.46), "fit_seconds": 7.0}),
+        ("b2", {"train.learning_rate": 0.01}, 0, {"best": (0.82, 0.84, 0.48, 0.44), "fit_seconds": 7.0}),
+        ("c3", {"train.learning_rate": 0.001}, 0, {"best": (0.70, 0.71, 0.60, 0.58), "fit_seconds": 3.0}),
+    ])
+    for trial_id in ("a1", "b2"):
+        path = sweep / trial_id / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "vectorized": {"group": "1/1", "lane": 0, "chunk": 1, "trials": 2}}))
+    table = comparison_table(collect_runs([sweep]))
+    assert list(table["fit_shared"]) == ["2 trials", "2 trials", ""]
+    assert list(table.columns).index("fit_shared") == list(table.columns).index("fit_seconds_std") + 1
+    text = format_table(table, "markdown")
+    assert "fit_shared" in text.splitlines()[0] and text.count("2 trials") == 2
+    out = plot_sweep(table, "train.learning_rate", tmp_path / "sweep.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (sweep / "a1" / "results.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (sweep / "a1" / "results.json").read_text()).items() if k != "vectorized"}))
+    (sweep / "b2" / "results.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (sweep / "b2" / "results.json").read_text()).items() if k != "vectorized"}))
+    assert "fit_shared" not in comparison_table(collect_runs([sweep])).columns  # only where a row needs it

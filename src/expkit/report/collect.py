@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..files import read_yaml_file
 from ..runfolder import (DAMAGED, PENDING, DamagedRecord, RunRecord, is_run_folder, is_sweep_folder, read_manifest, read_metrics, read_record,
                          read_status)
-from .columns import (CONFIG_PREFIX, EARLIER, GRID, METRICS, RUN_COLUMNS, compact, flatten_config,
+from .columns import (CONFIG_PREFIX, EARLIER, FIT_SHARED, GRID, METRICS, RUN_COLUMNS, compact, flatten_config,
                       short_keys)
 
 NOT_A_RUN = ("expected a run folder (results.json or status.json), a sweep folder (manifest.json), "
@@ -48,11 +48,13 @@ def collect_runs(paths: Iterable[str | Path] | str | Path):
     run_columns = list(RUN_COLUMNS)
     if any(row.get(GRID) for row in rows):
         run_columns.insert(run_columns.index("status") + 1, GRID)
+    if any(row.get(FIT_SHARED) for row in rows):
+        run_columns.append(FIT_SHARED)
     swept: list[str] = []
     cfg: list[str] = []
     for row in rows:
         for key in row:
-            if key in cfg or key in swept or key in run_columns or key == GRID or key in METRICS:
+            if key in cfg or key in swept or key in run_columns or key in (GRID, FIT_SHARED) or key in METRICS:
                 continue
             (cfg if key.startswith(CONFIG_PREFIX) else swept).append(key)
     for row in rows:  # a plain run beside a sweep shows the swept key's value from its config
@@ -62,7 +64,7 @@ def collect_runs(paths: Iterable[str | Path] | str | Path):
     columns = run_columns + swept + list(METRICS) + cfg
     data = {}
     for col in columns:
-        values = [row.get(col, "" if col == GRID else None) for row in rows]
+        values = [row.get(col, "" if col in (GRID, FIT_SHARED) else None) for row in rows]
         # object keeps 32 an int beside a missing value (float64 would make it 32.0)
         data[col] = pd.Series(values, dtype=float) if col in METRICS else pd.Series(values, dtype=object)
     return pd.DataFrame(data, columns=columns)
@@ -214,6 +216,9 @@ def _measured(folder: Path, record: RunRecord | None) -> dict:
         test = record.test or {}
         out.update(seed=record.seed, params=record.params, test_loss=test.get("loss"),
                    test_accuracy=test.get("accuracy"), fit_seconds=record.fit_seconds, epochs=record.epochs_run)
+        shared = (record.extra.get("vectorized") or {}).get("trials")
+        if isinstance(shared, int) and shared > 1:
+            out[FIT_SHARED] = f"{shared} trials"
         out.update({f"best_{k}": v for k, v in record.best.items() if f"best_{k}" in METRICS})
     if record is None or record.epochs_run == 0:
         out.update(_from_metrics(read_metrics(folder)))

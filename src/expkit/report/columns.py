@@ -32,6 +32,9 @@ RUN_COLUMNS = ["run", "path", "status", "seed"]
 # The column exists only in tables that hold such a row, so other tables are unchanged.
 GRID = "grid"
 EARLIER = "earlier"
+# A trial trained in a vectorised group: its fit_seconds is the time of the one program it shared with
+# the other trials ("10 trials"), not its own. The column exists only in tables that hold such a row.
+FIT_SHARED = "fit_shared"
 # Config keys that never tell two experiments apart (a seed repeat, a label, free text, the sweep
 # definition that produced a trial).
 NOT_COMPARED = ("name", "seed", "description", "sweep")

@@ -10,6 +10,7 @@ from typing import Iterable
 
 from ..errors import ConfigError
 from ..files import read_csv, write_figure_atomic
+from .columns import FIT_SHARED, cell_text
 from .formatting import DIFFERENCE_PREFIX, PUBLISHED, format_number
 
 DPI = 100
@@ -99,10 +100,19 @@ def plot_sweep(table, key: str, out_png: str | Path, metric: str = "best_val_acc
     fig, axes = _figure(len(panels), width=4.2)
     log = use_log_scale(x)
     diverged = [i for i, r in enumerate(rows) if "diverged" in str(r.get("status", "")) or math.isnan(_float(r[metric]))]
+    # a vectorised group's trials share one program's time: drawn apart, not as each trial's own
+    shared = [i for i, r in enumerate(rows) if cell_text(r.get(FIT_SHARED))]
     for ax, column in zip(axes, panels):
         y = [_float(r[column]) for r in rows]
         std = [_float(r.get(f"{column}_std")) for r in rows]
-        if any(math.isfinite(s) for s in std):
+        if column == "fit_seconds" and shared:
+            own = [i for i in range(len(rows)) if i not in shared]
+            if own:
+                ax.plot([x[i] for i in own], [y[i] for i in own], "o-", label="trained on its own")
+            ax.plot([x[i] for i in shared], [y[i] for i in shared], "s", mfc="none", color="0.4", linestyle="none",
+                    label="its vectorised group's time, shared")
+            ax.legend(fontsize="small")
+        elif any(math.isfinite(s) for s in std):
             ax.errorbar(x, y, yerr=[s if math.isfinite(s) else 0.0 for s in std], fmt="o-", capsize=3)
         else:
             ax.plot(x, y, "o-")

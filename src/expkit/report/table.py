@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..files import write_text_atomic
 from ..runfolder import FINISHED, is_sweep_folder
 from .collect import collect_runs, sweep_name
-from .columns import (CONFIG_PREFIX, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
+from .columns import (CONFIG_PREFIX, FIT_SHARED, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
                       is_missing, short_keys)
 from .formatting import DIFFERENCE_PREFIX, PUBLISHED, format_table
 
@@ -31,10 +31,11 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
     columns = list(runs_df.columns)
     cfg_cols = [c for c in columns if c.startswith(CONFIG_PREFIX)]
     swept = [c for c in columns
-             if c not in RUN_COLUMNS and c != GRID and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
+             if c not in RUN_COLUMNS and c not in (GRID, FIT_SHARED) and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
     compared = [c for c in cfg_cols if is_compared(c[len(CONFIG_PREFIX):]) and c[len(CONFIG_PREFIX):] not in swept]
     records = runs_df.to_dict("records")
     with_grid = any(_grid(r) for r in records)
+    with_shared = any(cell_text(r.get(FIT_SHARED)) for r in records)
     groups = _group_by_config(records, cfg_cols, compared)
     # each group's config, from a member that has one (a pending trial has none)
     configs = [next((m for m in g if _has_config(m, cfg_cols)), None) for g in groups]
@@ -48,6 +49,8 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
             row[_unprefixed(col)] = next((m[col] for m in members if not is_missing(m.get(col))), None)
         row["status"] = _combined_status([m["status"] for m in members])
         row[GRID] = _grid(members[0])
+        row[FIT_SHARED] = ", ".join(dict.fromkeys(cell_text(m.get(FIT_SHARED)) for m in members
+                                                  if cell_text(m.get(FIT_SHARED))))
         finished = [m for m in members if m["status"] in FINISHED]
         averaged = finished or members
         row["seeds"] = len(finished)
@@ -64,6 +67,8 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
     order = ["run"] + swept + [_unprefixed(c) for c in changed] + ["status"] + ([GRID] if with_grid else []) + ["seeds"]
     for metric in METRICS:
         order += [metric] + ([f"{metric}_std"] if metric in STD_METRICS else [])
+        if metric == "fit_seconds" and with_shared:
+            order.append(FIT_SHARED)  # beside the time it qualifies
     order.append("path")
     return table_frame(rows, order)
 
@@ -101,7 +106,7 @@ def _split_pair(pair: str, labels: list[str]) -> tuple[str, str]:
 def difference_row(a: dict, b: dict) -> dict:
     """`Difference (A - B)`: A's metrics minus B's; as `<metric>_std` the spread of that difference,
     sqrt(std_A² + std_B²), where a published row counts as exact (std 0) and a single run as unknown (NaN)."""
-    row = {"run": f"{DIFFERENCE_PREFIX}{a['run']} - {b['run']})", "status": "", GRID: "", "path": ""}
+    row = {"run": f"{DIFFERENCE_PREFIX}{a['run']} - {b['run']})", "status": "", GRID: "", FIT_SHARED: "", "path": ""}
     for metric in METRICS:
         row[metric] = as_float(a.get(metric)) - as_float(b.get(metric))
         if metric in STD_METRICS:
@@ -194,7 +199,7 @@ def _difference_rows(rows: list[dict], baseline: str) -> list[dict]:
     for row in rows:
         if row is base:
             continue
-        diff = {"run": f"{DIFFERENCE_PREFIX}{row['run']} - {base['run']})", "status": "", GRID: "", "path": ""}
+        diff = {"run": f"{DIFFERENCE_PREFIX}{row['run']} - {base['run']})", "status": "", GRID: "", FIT_SHARED: "", "path": ""}
         diff.update({m: as_float(row[m]) - as_float(base[m]) for m in METRICS})
         diffs.append(diff)
     return diffs
