@@ -539,3 +539,21 @@ def test_a_vectorised_groups_shared_fit_time_is_marked_in_the_table_and_the_plot
     (sweep / "b2" / "results.json").write_text(json.dumps({k: v for k, v in json.loads(
         (sweep / "b2" / "results.json").read_text()).items() if k != "vectorized"}))
     assert "fit_shared" not in comparison_table(collect_runs([sweep])).columns  # only where a row needs it
+
+
+def test_a_sweep_folder_holding_two_datasets_shows_the_dataset_column(tmp_path):
+    """The same rates run on two datasets in one sweep folder: results.md said each label twice, told
+    apart only by `grid=earlier`; the dataset the rows differ in is now a column of its own."""
+    sweep = write_sweep(tmp_path, [
+        ("a1", {"train.learning_rate": 0.1}, 0, {"best": (0.80, 0.82, 0.50, 0.46), "config": {"data.dataset": "fashion_mnist"}}),
+        ("b2", {"train.learning_rate": 0.1}, 0, {"best": (0.70, 0.72, 0.60, 0.56),
+                                                 "config": {"data.dataset": "fashion_mnist_sample"}}),
+    ])
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    manifest["trials"][1]["in_grid"] = False
+    (sweep / "manifest.json").write_text(json.dumps(manifest))
+    csv_path, md_path = write_sweep_results(sweep)
+    rows = pd.read_csv(csv_path)
+    assert list(rows["data.dataset"]) == ["fashion_mnist", "fashion_mnist_sample"]
+    header = md_path.read_text().splitlines()[2]
+    assert "| data.dataset |" in header

@@ -227,7 +227,9 @@ def write_sweep_results(sweep_dir: str | Path) -> tuple[Path, Path]:
         raise ConfigError("not a sweep folder: expected manifest.json", file=sweep_dir)
     runs = collect_runs([sweep_dir])
     runs["path"] = [os.path.relpath(p, sweep_dir) for p in runs["path"]]
-    table = comparison_table(runs)
+    # a config key the trials differ in besides the swept ones (a dataset, epochs, a backend changed
+    # between two runs of the sweep) is a column: such rows are not told apart by `grid` alone
+    table = comparison_table(runs, only_changed=True)
     name = sweep_name(sweep_dir)
     csv_path = write_text_atomic(sweep_dir / "results.csv", format_table(table, "csv"))
     md_path = write_text_atomic(sweep_dir / "results.md", f"# {name}\n\n" + format_table(table, "markdown"))
