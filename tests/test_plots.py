@@ -104,3 +104,26 @@ def test_published_bars_are_grey_and_hatched_beside_ours(tmp_path):
     assert_png(plot_bars(pd.DataFrame([ours, {**published, "status": "done"}]), tmp_path / "without.png"))
     with_, without = grey_pixels(tmp_path / "with.png"), grey_pixels(tmp_path / "without.png")
     assert with_ > 20 * without, (with_, without)
+
+
+def test_a_sweep_on_two_datasets_draws_a_line_per_dataset(tmp_path):
+    """The same rates on two datasets in one folder zig-zagged as one line; `series` draws one line
+    (its own colour, a legend entry) per dataset."""
+    import numpy as np
+    import pandas as pd
+    from matplotlib.image import imread
+
+    rows = [{"run": f"s[lr={lr}]", "status": "done", "train.learning_rate": lr, "data.dataset": data,
+             "best_val_accuracy": acc, "best_val_loss": 1 - acc, "fit_seconds": 3.0}
+            for data, base in (("fashion_mnist", 0.8), ("fashion_mnist_sample", 0.6))
+            for lr, acc in ((0.1, base), (0.01, base + 0.05), (0.001, base - 0.1))]
+
+    def orange_pixels(png):  # tab:orange, the colour cycle's second line
+        rgb = imread(png)[..., :3]
+        return int((np.abs(rgb - np.array([1.0, 0.498, 0.055])).max(axis=-1) < 0.05).sum())
+
+    table = pd.DataFrame(rows)
+    one = plot_sweep(table, "train.learning_rate", tmp_path / "one.png")
+    two = plot_sweep(table, "train.learning_rate", tmp_path / "two.png", series=["data.dataset"])
+    assert_png(two)
+    assert orange_pixels(two) > 20 * max(1, orange_pixels(one))

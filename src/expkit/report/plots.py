@@ -84,11 +84,15 @@ def _table_rows(table, needed: list[str]) -> list[dict]:
     return [r for r in table.to_dict("records") if not str(r.get("run", "")).startswith(DIFFERENCE_PREFIX)]
 
 
-def plot_sweep(table, key: str, out_png: str | Path, metric: str = "best_val_accuracy") -> Path:
+def plot_sweep(table, key: str, out_png: str | Path, metric: str = "best_val_accuracy",
+               series: list[str] | None = None) -> Path:
     """A sweep over one numeric key: `metric`, its loss (or accuracy) counterpart and the fit
     seconds against the key's value, one panel each. Log x axis when the values span two decades;
     error bars from `_std` columns; diverged trials (status diverged, or the metric NaN) marked
-    with a red x at the foot of the panel."""
+    with a red x at the foot of the panel. `series`: columns whose values split the rows into lines of
+    their own (a sweep folder holding the same rates on two datasets), one legend entry each."""
+    if series:
+        return _plot_series(table, key, out_png, metric, series)
     rows = _table_rows(table, [key, metric])
     values = [_float(r[key]) for r in rows]
     if any(math.isnan(v) for v in values):
@@ -131,6 +135,28 @@ def plot_sweep(table, key: str, out_png: str | Path, metric: str = "best_val_acc
         ax.set_xlabel(key)
         ax.set_ylabel(column)
         ax.grid(alpha=0.3)
+    fig.suptitle(f"{', '.join(panels)} against {key}")
+    return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
+def _plot_series(table, key: str, out_png, metric: str, series: list[str]) -> Path:
+    rows = _table_rows(table, [key, metric, *series])
+    panels = [metric] + [c for c in (_counterpart(metric), "fit_seconds") if c in table.columns and c != metric]
+    fig, axes = _figure(len(panels), width=4.2)
+    names: dict[tuple, list] = {}
+    for r in rows:
+        names.setdefault(tuple(cell_text(r.get(c)) for c in series), []).append(r)
+    for ax, column in zip(axes, panels):
+        for values, members in names.items():
+            points = sorted((_float(r[key]), _float(r[column])) for r in members)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-",
+                    label=", ".join(f"{c}={v}" for c, v in zip(series, values)))
+        if use_log_scale([_float(r[key]) for r in rows]):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     fig.suptitle(f"{', '.join(panels)} against {key}")
     return write_figure_atomic(fig, out_png, dpi=DPI)
 

@@ -58,11 +58,15 @@ def _sweep_plots(cfg, trials, sweep_dir: Path) -> None:
     from ..report.plots import plot_overlay, plot_sweep
 
     try:
-        table = comparison_table(collect_runs([sweep_dir]))
+        runs = collect_runs([sweep_dir])
+        table, changed = comparison_table(runs), comparison_table(runs, only_changed=True)
         keys = list(cfg.sweep.grid) + list(cfg.sweep.zip)
         numeric = [k for k in keys if all(isinstance(t.values[k], (int, float)) and not isinstance(t.values[k], bool) for t in trials)]
         if len(keys) == 1 and numeric:
-            plot_sweep(table, numeric[0], sweep_dir / "sweep.png")
+            # config keys the trials differ in besides the swept one (a dataset changed between two runs
+            # of the sweep): one line per value, never one line zig-zagging between them
+            series = [c for c in changed.columns if c not in table.columns]
+            plot_sweep(changed if series else table, numeric[0], sweep_dir / "sweep.png", series=series or None)
         runs = [(sweep_dir / t.id, f"{t.label()} s{t.seed}") for t in trials if (sweep_dir / t.id / "metrics.csv").exists()]
         if runs:
             plot_overlay(runs, sweep_dir / "val_curves.png")
