@@ -117,11 +117,28 @@ def test_reference_differences_are_ours_minus_published_in_our_spreads(runs, ref
     assert "| +0.0145 (1.0σ) |" in line and "| +0 |" in line and line.endswith("|  |  |  | +0 |")
 
 
-def test_published_rows_without_a_run_of_their_name_follow_ours(tmp_path, reference):
+def test_published_rows_without_a_run_of_their_name_are_left_out_unless_asked(tmp_path, reference):
     table = comparison_table(collect_runs([write_run(tmp_path / "other" / "r", name="other", best=(0.5, 0.5, 1, 1))]))
-    out = with_reference(table, reference, differences=True)
+    left_out = []
+    assert list(with_reference(table, reference, differences=True, left_out=left_out)["run"]) == ["other"]
+    assert left_out == ["baseline (published)", "cnn1 (published)", "Difference (CNN1 - CNN2) (published)"]
+    out = with_reference(table, reference, differences=True, every=True)
     assert list(out["run"]) == ["other", "baseline (published)", "cnn1 (published)",
                                 "Difference (CNN1 - CNN2) (published)"]  # and no difference to compute
+
+
+def test_a_table_of_cnn1_gets_cnn1s_published_row_not_the_baselines(runs, reference, capsys):
+    """--reference added every published row, a `baseline (published)` row in a table without a
+    baseline; now only those beside our rows, and one line names what was left out."""
+    paths = [str(p.parent) for p in runs if p.parent.name == "cnn1"]
+    assert main(["table", *paths, "--reference", str(reference), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(",")[0] for line in out.splitlines()[1:]] == [
+        "cnn1", "cnn1 (published)", "Difference (CNN1 - CNN2) (published)"]
+    assert err.strip() == (f"--reference {reference}: 1 published row(s) stand beside none of this table's rows and "
+                           "are left out (baseline (published)); --reference-all shows them")
+    assert main(["table", *paths, "--reference", str(reference), "--reference-all", "--format", "csv"]) == 0
+    assert "baseline (published)" in capsys.readouterr().out
 
 
 def test_a_published_row_stands_after_the_sweep_trials_of_its_name(tmp_path, reference):
@@ -141,10 +158,10 @@ def test_a_second_reference_keeps_the_first_ones_rows_in_place(runs, reference, 
     other.write_text("run,test_accuracy\ncnn1,0.84\ncnn9,0.5\n")
     table = with_reference(with_reference(comparison_table(collect_runs(runs)), reference, differences=True), other)
     assert list(table["run"]) == [
-        "baseline", "baseline (published)", "cnn1", "cnn1 (published)", "cnn1 (published)", "cnn9 (published)",
+        "baseline", "baseline (published)", "cnn1", "cnn1 (published)", "cnn1 (published)",
         "Difference (CNN1 - CNN2) (published)", "Difference (baseline - baseline (published))",
-        "Difference (cnn1 - cnn1 (published))"]
-    assert list(table["test_accuracy"])[4:6] == [0.84, 0.5]
+        "Difference (cnn1 - cnn1 (published))"]  # cnn9 stands beside none of ours
+    assert list(table["test_accuracy"])[4] == 0.84
 
 
 def test_difference_is_computed_as_labelled(runs, reference):

@@ -133,7 +133,12 @@ def cmd_table(args) -> int:
     table = comparison_table(collect_runs([Path(p) for p in args.paths]), only_changed=args.only_changed,
                              baseline=args.baseline)
     for reference in args.reference or []:
-        table = with_reference(table, reference, differences=args.reference_differences)
+        left_out: list[str] = []
+        table = with_reference(table, reference, differences=args.reference_differences, every=args.reference_all,
+                               left_out=left_out)
+        if left_out:
+            print(f"--reference {reference}: {len(left_out)} published row(s) stand beside none of this table's rows "
+                  f"and are left out ({', '.join(left_out)}); --reference-all shows them", file=sys.stderr)
     if args.difference:
         table = add_differences(table, args.difference)
     text = format_table(table, args.format)
@@ -237,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="append", metavar="CSV",
                    help="add a report's published numbers as rows '<run> (published)' beside ours "
                    "(configs/reference/*.csv); repeatable")
+    p.add_argument("--reference-all", action="store_true",
+                   help="with --reference: also the published rows that stand beside none of this table's rows")
     p.add_argument("--reference-differences", action="store_true",
                    help="with --reference: add 'Difference (<run> - <run> (published))' for each run that has one")
     p.add_argument("--difference", action="append", metavar="A-B",

@@ -84,10 +84,13 @@ def stands_beside(label: str, run: str) -> bool:
     return label == run or (label.startswith(run + "[") and label.endswith("]"))
 
 
-def with_reference(table, path: str | Path, *, differences: bool = False):
+def with_reference(table, path: str | Path, *, differences: bool = False, every: bool = False,
+                   left_out: list | None = None):
     """The table with the reference file's rows added, labelled `<run> (published)`, status `published`:
-    each after the last of our rows it stands beside (`stands_beside`), the others before the first
-    difference row, the report's own difference rows after the table's. `differences` adds `Difference (<ours> - <run>
+    each after the last of our rows it stands beside (`stands_beside`). A published row beside none of
+    ours is left out (its label appended to `left_out`), unless `every`: then the others come before the
+    first difference row. The file's own difference rows come after the table's, when any of its rows
+    stands in the table (or `every`). `differences` adds `Difference (<ours> - <run>
     (published))` for each of our rows that has a published row (`difference_row`: our spread, the
     published number counting as exact); a row without one gets none."""
     from .table import difference_row, table_frame
@@ -113,6 +116,14 @@ def with_reference(table, path: str | Path, *, differences: bool = False):
             last += 1  # after the published rows an earlier --reference put there
         after.setdefault(last, []).append(row)
         pairs += [(i, row) for i in matches]
+    if not every:  # a row nobody asked for: a cnn1/cnn2 table has no place for the baseline's published row
+        if left_out is not None:
+            left_out += [r["run"] for r in unplaced]
+        unplaced = []
+        if not after:
+            if left_out is not None:
+                left_out += [r["run"] for r in printed_differences]
+            printed_differences = []
     first_difference = next((i for i, r in enumerate(records) if _is_difference(r)), len(records))
     rows = []
     for i, r in enumerate(records):
