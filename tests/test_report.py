@@ -557,3 +557,23 @@ def test_a_sweep_folder_holding_two_datasets_shows_the_dataset_column(tmp_path):
     assert list(rows["data.dataset"]) == ["fashion_mnist", "fashion_mnist_sample"]
     header = md_path.read_text().splitlines()[2]
     assert "| data.dataset |" in header
+
+
+def test_difference_rows_of_rows_sharing_a_label_say_which_grid(tmp_path):
+    """`--baseline` over a folder whose label repeats (a trial of an earlier grid beside the current
+    one) gave two 'Difference' rows with one label; each now says which row it is."""
+    sweep = write_sweep(tmp_path, [
+        ("a1", {"train.learning_rate": 0.1}, 0, {"best": (0.80, 0.82, 0.50, 0.46), "config": {"data.dataset": "fashion_mnist"}}),
+        ("b2", {"train.learning_rate": 0.1}, 0, {"best": (0.70, 0.72, 0.60, 0.56),
+                                                 "config": {"data.dataset": "fashion_mnist_sample"}}),
+    ])
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    manifest["trials"][1]["in_grid"] = False
+    (sweep / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "cnn2").mkdir()
+    base = write_run(tmp_path / "cnn2" / "r1", name="cnn2", best=(0.9, 0.9, 0.3, 0.3))
+    table = comparison_table(collect_runs([sweep, base.parent]), baseline="cnn2")
+    diffs = [r for r in table["run"] if r.startswith("Difference")]
+    assert diffs == ["Difference (sweep_lr[learning_rate=0.1] - cnn2)",
+                     "Difference (sweep_lr[learning_rate=0.1] (grid earlier) - cnn2)"]
+    assert len(set(diffs)) == 2

@@ -195,11 +195,16 @@ def _sample_std(values: list[float]) -> float:
 
 def _difference_rows(rows: list[dict], baseline: str) -> list[dict]:
     base = _find_baseline(rows, baseline)
+    labels = [r["run"] for r in rows]
     diffs = []
+
+    def named(row) -> str:  # a label an earlier grid's row shares: told apart as the table tells them apart
+        return f"{row['run']} ({GRID} {row[GRID]})" if labels.count(row["run"]) > 1 and row.get(GRID) else row["run"]
+
     for row in rows:
         if row is base:
             continue
-        diff = {"run": f"{DIFFERENCE_PREFIX}{row['run']} - {base['run']})", "status": "", GRID: "", FIT_SHARED: "", "path": ""}
+        diff = {"run": f"{DIFFERENCE_PREFIX}{named(row)} - {named(base)})", "status": "", GRID: "", FIT_SHARED: "", "path": ""}
         diff.update({m: as_float(row[m]) - as_float(base[m]) for m in METRICS})
         diffs.append(diff)
     return diffs
