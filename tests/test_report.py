@@ -577,3 +577,17 @@ def test_difference_rows_of_rows_sharing_a_label_say_which_grid(tmp_path):
     assert diffs == ["Difference (sweep_lr[learning_rate=0.1] - cnn2)",
                      "Difference (sweep_lr[learning_rate=0.1] (grid earlier) - cnn2)"]
     assert len(set(diffs)) == 2
+
+
+def test_a_run_name_folder_of_several_runs_says_its_row_is_the_latest(tmp_path, capsys):
+    from expkit.cli import main
+
+    for run_id, acc in (("20261201-100000-aaaa", 0.7), ("20261202-100000-bbbb", 0.8)):
+        write_run(tmp_path / "runs" / "cnn1" / run_id, name="cnn1", best=(acc, acc, 0.5, 0.5))
+    assert main(["table", str(tmp_path / "runs" / "cnn1"), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 and "20261202-100000-bbbb" in out.splitlines()[1]
+    assert err.strip() == (f"{tmp_path / 'runs' / 'cnn1'}: the latest of its 2 runs (20261202-100000-bbbb); name a run "
+                           f"folder ({tmp_path / 'runs' / 'cnn1' / '20261201-100000-aaaa'}) or several to compare others")
+    assert main(["table", str(tmp_path / "runs"), "--format", "csv"]) == 0
+    assert capsys.readouterr().err == ""  # runs/: one row per name, as documented

@@ -130,7 +130,11 @@ def cmd_table(args) -> int:
 
     if args.reference_differences and not args.reference:
         raise ConfigError("--reference-differences compares with published rows: give them with --reference FILE")
-    table = comparison_table(collect_runs([Path(p) for p in args.paths]), only_changed=args.only_changed,
+    notes: list[str] = []
+    runs = collect_runs([Path(p) for p in args.paths], notes=notes)
+    for note in notes:
+        print(note, file=sys.stderr)
+    table = comparison_table(runs, only_changed=args.only_changed,
                              baseline=args.baseline)
     for reference in args.reference or []:
         left_out: list[str] = []

@@ -25,7 +25,7 @@ NOT_A_RUN = ("expected a run folder (results.json or status.json), a sweep folde
              "sweep folders (runs/)")
 
 
-def collect_runs(paths: Iterable[str | Path] | str | Path):
+def collect_runs(paths: Iterable[str | Path] | str | Path, notes: list | None = None):
     """One row per run, from run folders, run-name folders and sweep folders, in the order given.
 
     A run-name folder (`runs/<name>/`) stands for its latest run (by run id) that has a
@@ -36,6 +36,7 @@ def collect_runs(paths: Iterable[str | Path] | str | Path):
     the run folder's (`read_status`: a `running` run whose process is gone is `interrupted`). A run
     that has not written results.json yet gets its best metrics, epochs and fit seconds from
     metrics.csv. An unreadable record gives a `damaged` row without metrics and a warning.
+    `notes`: receives a line for each run-name folder that holds runs its latest run stands for.
     """
     import pandas as pd
 
@@ -43,7 +44,7 @@ def collect_runs(paths: Iterable[str | Path] | str | Path):
         paths = [paths]
     rows: list[dict] = []
     for path in paths:
-        rows.extend(_rows_for(Path(path)))
+        rows.extend(_rows_for(Path(path), notes=notes))
 
     run_columns = list(RUN_COLUMNS)
     if any(row.get(GRID) for row in rows):
@@ -73,7 +74,7 @@ def collect_runs(paths: Iterable[str | Path] | str | Path):
 # --- which folders a path stands for ----------------------------------------------------------------
 
 
-def _rows_for(path: Path, *, top: bool = True) -> list[dict]:
+def _rows_for(path: Path, *, top: bool = True, notes: list | None = None) -> list[dict]:
     if not path.exists():
         raise ConfigError(f"no such file or folder; {NOT_A_RUN}", file=path)
     kind = _kind(path)
@@ -82,11 +83,16 @@ def _rows_for(path: Path, *, top: bool = True) -> list[dict]:
     if kind == "run":
         return [_run_row(path)]
     if kind == "run-name":
-        return [_run_row(_latest_run(path))]
+        latest = _latest_run(path)
+        runs = [c for c in _subfolders(path) if is_run_folder(c)]
+        if notes is not None and top and len(runs) > 1:  # `runs/` itself: one row per name, as documented
+            notes.append(f"{path}: the latest of its {len(runs)} runs ({latest.name}); name a run folder "
+                         f"({path / runs[0].name}) or several to compare others")
+        return [_run_row(latest)]
     if top and path.is_dir():
         children = [c for c in _subfolders(path) if _kind(c) is not None]
         if children:
-            return [row for child in children for row in _rows_for(child, top=False)]
+            return [row for child in children for row in _rows_for(child, top=False, notes=notes)]
     raise ConfigError(f"not a run folder: {NOT_A_RUN}", file=path)
 
 
