@@ -135,6 +135,7 @@ bench: install $(VENV)/.installed-jax
 # of the baseline and CNN2 at 3 dropout rates x 3 seeds; full Fashion-MNIST when installed.
 .PHONY: bench-sweep sweep-seeds
 bench-sweep: install $(VENV)/.installed-jax
+	$(BIN)/python -m pip install --quiet keras-tuner  # the peer of the lr study; the benchmark's only
 	$(BIN)/python benchmarks/bench_sweep.py
 
 # What benchmarks/gpu_check.sh needs on the lent GPU machine, which has JAX and PyTorch with CUDA but neither

@@ -10,6 +10,9 @@ Studies:
   cnn2  configs/cnn2_dropout.yaml with the rate of all five dropout layers swept (0.1, 0.2, 0.3) x seeds
         14, 15, 16, 2 epochs, on the first --cnn2-limit training examples (CNN2 is compute-bound here).
 
+The lr study also runs the peer a user would otherwise pick (--peer): KerasTuner's GridSearch of the same
+rates, benchmarks/peer_kerastuner.py, on TensorFlow and on JAX.
+
 Every side is one `expkit run` of the sweep, in a fresh process and runs folder: one trial at a time
 (`sweep.vectorize: false`) on each backend of --sequential (TensorFlow is the sweep's own; on JAX the
 trials compute what the vectorised ones do), then the vectorised sweep (`sweep.vectorize: true`, one JAX
@@ -94,12 +97,27 @@ def run_side(path: Path, runs: Path, *, vectorize: bool, backend: str | None) ->
     return {"wall": wall, "training": training, "trials": trials}
 
 
+def run_peer(dataset: str, backend: str, folder: Path) -> dict:
+    """KerasTuner's GridSearch of the lr study (benchmarks/peer_kerastuner.py) in a fresh process."""
+    out = folder / f"kerastuner-{backend}.json"
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT / "src")}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_kerastuner.py"), "--dataset", dataset,
+                           "--out", str(out)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"peer_kerastuner.py on {backend} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return {**json.loads(out.read_text()), "wall": wall}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", default="lr,cnn2", help="lr, cnn2, cnn2_lr (comma-separated)")
     parser.add_argument("--sequential", default="tensorflow,jax", help="backends of the one-at-a-time sides")
     parser.add_argument("--dataset", default="auto", help="fashion_mnist, fashion_mnist_sample or auto (full set if installed)")
     parser.add_argument("--cnn2-limit", type=int, default=1000, help="cnn2 studies: first N training examples (0: all)")
+    parser.add_argument("--peer", default="tensorflow,jax",
+                        help="lr study: KerasTuner's GridSearch of the same rates on these backends (empty: none)")
     args = parser.parse_args(argv)
     dataset = args.dataset
     if dataset == "auto":
@@ -138,6 +156,17 @@ def main(argv=None) -> int:
                             for k in vec["trials"] if vec["trials"][k]["status"] == "done") for b in backends}
             print("\nlargest |best val acc difference| over the trials that finished: "
                   + ", ".join(f"vectorised vs {b} {w:.4f}" for b, w in worst.items()))
+            peers = [b for b in args.peer.split(",") if b] if study == "lr" else []
+            if peers:
+                print("\nThe peer: KerasTuner GridSearch over the same ten rates (same model, data, split, batch, "
+                      "epochs; Keras' defaults otherwise), each in a fresh process\n")
+                print("| side | process wall s | search s | its wall / expkit vectorised wall |")
+                print("| --- | ---: | ---: | ---: |")
+                print(f"| expkit, vectorised (whole command) | {vec['wall']:.1f} | | 1.00 |")
+                for backend in peers:
+                    peer = run_peer(dataset, backend, Path(tmp))
+                    print(f"| KerasTuner {peer['keras_tuner']} GridSearch ({backend}) | {peer['wall']:.1f} | "
+                          f"{peer['search_seconds']:.1f} | {peer['wall'] / vec['wall']:.2f} |")
     return 0
 
 
