@@ -541,9 +541,8 @@ def test_a_vectorised_groups_shared_fit_time_is_marked_in_the_table_and_the_plot
     assert "fit_shared" not in comparison_table(collect_runs([sweep])).columns  # only where a row needs it
 
 
-def test_a_sweep_folder_holding_two_datasets_shows_the_dataset_column(tmp_path):
-    """The same rates run on two datasets in one sweep folder: results.md said each label twice, told
-    apart only by `grid=earlier`; the dataset the rows differ in is now a column of its own."""
+def two_dataset_sweep(tmp_path) -> Path:
+    """One rate on two datasets in one sweep folder: the current grid's trial, and an earlier grid's."""
     sweep = write_sweep(tmp_path, [
         ("a1", {"train.learning_rate": 0.1}, 0, {"best": (0.80, 0.82, 0.50, 0.46), "config": {"data.dataset": "fashion_mnist"}}),
         ("b2", {"train.learning_rate": 0.1}, 0, {"best": (0.70, 0.72, 0.60, 0.56),
@@ -552,6 +551,13 @@ def test_a_sweep_folder_holding_two_datasets_shows_the_dataset_column(tmp_path):
     manifest = json.loads((sweep / "manifest.json").read_text())
     manifest["trials"][1]["in_grid"] = False
     (sweep / "manifest.json").write_text(json.dumps(manifest))
+    return sweep
+
+
+def test_a_sweep_folder_holding_two_datasets_shows_the_dataset_column(tmp_path):
+    """The same rates run on two datasets in one sweep folder: results.md said each label twice, told
+    apart only by `grid=earlier`; the dataset the rows differ in is now a column of its own."""
+    sweep = two_dataset_sweep(tmp_path)
     csv_path, md_path = write_sweep_results(sweep)
     rows = pd.read_csv(csv_path)
     assert list(rows["data.dataset"]) == ["fashion_mnist", "fashion_mnist_sample"]
@@ -562,14 +568,7 @@ def test_a_sweep_folder_holding_two_datasets_shows_the_dataset_column(tmp_path):
 def test_difference_rows_of_rows_sharing_a_label_say_which_grid(tmp_path):
     """`--baseline` over a folder whose label repeats (a trial of an earlier grid beside the current
     one) gave two 'Difference' rows with one label; each now says which row it is."""
-    sweep = write_sweep(tmp_path, [
-        ("a1", {"train.learning_rate": 0.1}, 0, {"best": (0.80, 0.82, 0.50, 0.46), "config": {"data.dataset": "fashion_mnist"}}),
-        ("b2", {"train.learning_rate": 0.1}, 0, {"best": (0.70, 0.72, 0.60, 0.56),
-                                                 "config": {"data.dataset": "fashion_mnist_sample"}}),
-    ])
-    manifest = json.loads((sweep / "manifest.json").read_text())
-    manifest["trials"][1]["in_grid"] = False
-    (sweep / "manifest.json").write_text(json.dumps(manifest))
+    sweep = two_dataset_sweep(tmp_path)
     (tmp_path / "cnn2").mkdir()
     base = write_run(tmp_path / "cnn2" / "r1", name="cnn2", best=(0.9, 0.9, 0.3, 0.3))
     table = comparison_table(collect_runs([sweep, base.parent]), baseline="cnn2")
