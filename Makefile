@@ -10,7 +10,7 @@ RUNS   ?= runs
 CONFIG ?= configs/quickstart.yaml
 SET     = --set data.dataset=$(DATA)
 # pyproject's optional dependencies installed into .venv: the tests use the trackers' libraries, Ray and Jupyter
-EXTRAS ?= test,tensorboard,mlflow,ray,notebook
+EXTRAS ?= test,tensorboard,mlflow,ray,notebook,search
 
 .PHONY: install run test test-slow sweep-lr sweep-l2 sweep-l1 sweep-dropout sweep-units sweep-depth sweep-optimizer sweep-batch seed000 bench summaries
 

@@ -127,6 +127,20 @@ class Sweep:
                 runs.append(Run.from_folder(folder))
         return runs
 
+    @property
+    def best(self):
+        """A search's best row of `results` (the objective's mean over seeds; pruned rows never win), or
+        None for a grid or before anything finished."""
+        from .report.table import rank_by_objective
+        from .runfolder import read_manifest
+
+        search = read_manifest(self.path).get("search")
+        results = self.results
+        if not isinstance(search, dict) or search.get("objective") not in results.columns:
+            return None
+        ranked = rank_by_objective(results, search["objective"], search.get("direction") == "minimize")
+        return ranked.iloc[0] if len(ranked) and ranked["best"].iloc[0] == "*" else None
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
         return f"Sweep('{self.path}'{', ' + counts if counts else ''})"

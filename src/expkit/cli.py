@@ -75,8 +75,11 @@ def cmd_run(args) -> int:
                                log=sys.stderr, jobs=args.jobs, executor=args.executor, address=args.address)
         summary = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
         print(f"sweep {cfg.name}: {summary}; table in {result.path / 'results.md'}", file=sys.stderr)
+        if cfg.sweep.space and (best := result.best) is not None:
+            objective = cfg.sweep.search.objective
+            print(f"best: {best['run']} ({objective} {best[objective]:.4f})", file=sys.stderr)
         print(result.path)
-        unfinished = set(result.counts) - {"done", "diverged"}
+        unfinished = set(result.counts) - {"done", "diverged", "pruned"}
         return 1 if unfinished else 0
     with config_source(args.config):
         run = api.run(cfg, runs_dir=args.runs_dir, device=args.device)

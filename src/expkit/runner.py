@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .config import ExperimentConfig
 from .errors import ConfigError, RunWriteError
-from .runfolder import (DIVERGED, DONE, FAILED, INTERRUPTED, RUNNING, ClaimLost, Heartbeat, RunFolder,
-                        RunRecord, now_iso)
+from .runfolder import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, ClaimLost, Heartbeat,
+                        RunFolder, RunRecord, now_iso)
 
 
 def prepare(cfg: ExperimentConfig, *, dataset=None, load_data: bool = True):
@@ -64,14 +64,15 @@ def ensure_writable(folder: str | Path) -> Path:
 
 def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", device: str = "auto",
                    folder: RunFolder | None = None, trial: dict | None = None, dataset=None,
-                   keep_model: list | None = None, resume: bool = False) -> RunFolder:
+                   keep_model: list | None = None, resume: bool = False, prune=None) -> RunFolder:
     """Train `cfg` and record it. Returns the run folder; its results.json holds the outcome.
 
     User mistakes (ConfigError) are raised before the folder is written. A NaN loss ends the run as
     'diverged'; another exception marks it 'failed' and is re-raised; Ctrl-C or SIGTERM marks it
     'interrupted' with the epochs that finished. `keep_model`, a list, receives the trained model.
     `resume`: `folder` holds an unfinished run of `cfg`, which continues there from its checkpoint
-    (from its first epoch when it has none), metrics.csv continued.
+    (from its first epoch when it has none), metrics.csv continued. `prune(history)`: called after each
+    epoch (a sweep's pruner); True stops the run there as 'pruned'.
     """
     from .backend import activate, current, seed_everything
     from .checkpoint import read_checkpoint, save_model
@@ -102,11 +103,13 @@ def run_experiment(cfg: ExperimentConfig, *, runs_dir: str | Path = "runs", devi
             run.write_metrics(history)
             run.beat()
             trackers.log_epoch(history[-1])
+            if prune is not None and not result.diverged and prune(history):
+                result.pruned = True
 
         with Heartbeat(run.beat):
             train(cfg, dataset, model, on_epoch=on_epoch, result=result,
                   checkpoint_dir=run.path if cfg.train.checkpoint else None, resume=checkpoint)
-        status = DIVERGED if result.diverged else DONE
+        status = DIVERGED if result.diverged else PRUNED if result.pruned else DONE
         if status == DONE and cfg.train.save_model:
             save_model(model, run.path)
     except KeyboardInterrupt as exc:
@@ -210,7 +213,7 @@ def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: st
             plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=curves_title(record))
         except Exception as exc:  # a plot must never cost the run's record
             print(f"expkit: could not draw curves.png: {exc}", file=sys.stderr)
-    if status in (DONE, DIVERGED):
+    if status in FINISHED:
         from .checkpoint import remove_checkpoint
 
         remove_checkpoint(run.path)

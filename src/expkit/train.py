@@ -97,6 +97,7 @@ class TrainResult:
     test: dict | None = None
     diverged: bool = False
     stopped_early: bool = False
+    pruned: bool = False  # the sweep's pruner stopped it after an epoch (on_epoch set it)
     steps_per_execution: int = 1
     eval_batch_size: int = 0
     jit_compile: bool = False
@@ -160,6 +161,8 @@ def make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callabl
             result.fit_seconds = result.previous_seconds + time.perf_counter() - result.started
             if on_epoch is not None:
                 on_epoch(result.history)
+            if result.pruned:
+                self.model.stop_training = True
 
     callbacks = []
     sched, es = cfg.train.schedule, cfg.train.early_stopping
@@ -273,7 +276,7 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
     result.started = time.perf_counter()
     model.fit(*fit_args, validation_data=val_data, **fit_kwargs)
     result.fit_seconds = result.previous_seconds + time.perf_counter() - result.started
-    if cfg.train.early_stopping is not None and not result.diverged:
+    if cfg.train.early_stopping is not None and not (result.diverged or result.pruned):
         result.stopped_early = len(result.history) < cfg.train.epochs
     if dataset.x_test is not None and len(dataset.x_test) and not result.diverged:
         scores = model.evaluate(dataset.x_test, dataset.y_test, batch_size=eval_batch, verbose=0, return_dict=True)

@@ -2,6 +2,7 @@
 Nothing here imports TensorFlow.
 
 - `schema`: the pydantic sections (`ExperimentConfig` and its parts), their checks, and key-path syntax.
+- `search`: a sweep's search space, sampler and pruning settings.
 - `loading`: YAML files, `extends`, `--set` overrides, validation and `load_config`.
 """
 
@@ -16,6 +17,7 @@ from .loading import (
     set_path,
     validate,
 )
+from .search import Distribution, PruneConfig, SearchConfig, check_search, direction_of, parse_distribution
 from .schema import (
     NAME_MAX,
     RECORDING_KEYS,
@@ -37,6 +39,7 @@ from .schema import (
 )
 
 __all__ = [
+    "Distribution", "PruneConfig", "SearchConfig", "check_search", "direction_of", "parse_distribution",
     "NAME_MAX",
     "RECORDING_KEYS",
     "SEED_MAX",

@@ -9,21 +9,16 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ..backend import default_backend
 from ..errors import ConfigError
 from ..registry import did_you_mean
+from .base import Section
+from .search import PruneConfig, SearchConfig, check_search
 
 SEED_MAX = 2**32 - 1  # numpy's and Keras' seeds are unsigned 32-bit integers
 NAME_MAX = 100        # bytes (UTF-8) of a run name: runs/<name>/ must fit a file name with room to spare
-
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are refused, types are not coerced, and a float
-    must be finite (.inf or .nan would train into a NaN loss or never stop)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _seed_in_range(v: int) -> int:
@@ -261,6 +256,14 @@ class SweepConfig(Section):
     vectorize_max: int | None = Field(
         None, ge=1, description="At most this many trials in one vectorised program (a larger group is split); "
         "null: as many as fit in the memory available.")
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="A search space: key paths -> {uniform: [lo, hi]}, {log_uniform: [lo, hi]}, "
+        "{int: [lo, hi], log: bool, step: n} or {choice: [values]}; sampled as sweep.search says (instead of grid "
+        "and zip; seeds repeat each proposed configuration).")
+    search: SearchConfig | None = Field(
+        None, description="How the space is searched: the sampler, how many configurations, the objective.")
+    prune: PruneConfig | None = Field(
+        None, description="Stop losing trials early (grids and searches alike): recorded `pruned`, never retrained.")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -293,8 +296,14 @@ class SweepConfig(Section):
                 shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, dup))
                 raise ConfigError(f"positions {', '.join(map(str, at))} repeat the same values ({shown}); "
                                   "each position must differ", path="sweep.zip")
-        if not (self.grid or self.zip or self.seeds):
-            raise ValueError("an empty sweep: give grid, zip or seeds")
+        for key in self.space:
+            try:
+                split_key(key)
+            except ConfigError as exc:
+                raise ConfigError(exc.message, path=f"sweep.space.{key}") from None
+        check_search(self)
+        if not (self.grid or self.zip or self.seeds or self.space):
+            raise ValueError("an empty sweep: give grid, zip, seeds or a search space")
         return self
 
 

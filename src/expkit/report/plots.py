@@ -222,3 +222,69 @@ def plot_bars(table, out_png: str | Path, metric: str = "best_val_accuracy") -> 
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(metric)
     return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
+def plot_search(values: list[float], out_png: str | Path, *, objective: str, minimize: bool,
+                pruned: list[bool] | None = None) -> Path:
+    """A search's objective against proposal number (dots; pruned ones hollow) and the best so far (a step line)."""
+    fig, (ax,) = _figure(1, width=5.6, height=3.8)
+    x = list(range(1, len(values) + 1))
+    pruned = pruned or [False] * len(values)
+    done = [(i, v) for i, v, p in zip(x, values, pruned) if math.isfinite(v) and not p]
+    cut = [(i, v) for i, v, p in zip(x, values, pruned) if math.isfinite(v) and p]
+    if done:
+        ax.plot(*zip(*done), "o", color="tab:blue", label=objective)
+    if cut:
+        ax.plot(*zip(*cut), "o", mfc="none", color="0.5", label="pruned (epochs so far)")
+    best, line = math.nan, []
+    for v, p in zip(values, pruned):
+        if math.isfinite(v) and not p and (not math.isfinite(best) or (v < best if minimize else v > best)):
+            best = v
+        line.append(best)
+    if any(math.isfinite(b) for b in line):
+        ax.step(x, line, where="post", color="tab:orange", label="best so far")
+    ax.set_xlabel("proposal")
+    ax.set_ylabel(objective)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"search: {objective} ({'min' if minimize else 'max'}imised)")
+    return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
+def plot_parallel(table, keys: list[str], out_png: str | Path, *, objective: str, minimize: bool) -> Path:
+    """Parallel coordinates of a search: one axis per key of the space (scaled to its range, log where
+    the values span decades; choices as their positions) and one for the objective, one line per row,
+    coloured by the objective (the best darkest)."""
+    import matplotlib
+
+    rows = _table_rows(table, ["run", objective])
+    axes = [*keys, objective]
+    columns = []
+    for key in axes:
+        raw = [r.get(key) for r in rows]
+        numbers = [_float(v) for v in raw]
+        if all(math.isfinite(v) for v in numbers):
+            log = key != objective and use_log_scale(numbers)
+            vals = [math.log10(v) for v in numbers] if log else numbers
+            ticks = None
+        else:  # choices: their order of first appearance
+            names = list(dict.fromkeys(cell_text(v) for v in raw))
+            vals = [float(names.index(cell_text(v))) for v in raw]
+            ticks = names
+        lo, hi = min(vals, default=0.0), max(vals, default=1.0)
+        ends = ticks and (ticks[0], ticks[-1]) or tuple(f"{10 ** v if log else v:.3g}" for v in (lo, hi))
+        columns.append(([(v - lo) / (hi - lo) if hi > lo else 0.5 for v in vals], ends))
+    fig, (ax,) = _figure(1, width=max(5.0, 1.8 * len(axes)), height=4.0)
+    score = columns[-1][0]
+    cmap = matplotlib.colormaps["viridis_r" if minimize else "viridis"]
+    for i in sorted(range(len(rows)), key=lambda i: score[i]):
+        ax.plot(range(len(axes)), [c[0][i] for c in columns], color=cmap(score[i]), alpha=0.8)
+    for j, (_, (low, high)) in enumerate(columns):  # each axis' range, at its ends
+        ax.axvline(j, color="0.6", lw=0.8)
+        ax.text(j, -0.04, low, ha="center", va="top", fontsize="x-small")
+        ax.text(j, 1.04, high, ha="center", va="bottom", fontsize="x-small")
+    ax.set_xticks(range(len(axes)), [a.rsplit(".", 1)[-1] if len(a) > 18 else a for a in axes], rotation=15)
+    ax.set_yticks([])
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_title(f"search space and {objective}")
+    return write_figure_atomic(fig, out_png, dpi=DPI)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import write_text_atomic
-from ..runfolder import FINISHED, is_sweep_folder
+from ..runfolder import AVERAGED, is_sweep_folder, read_manifest
 from .collect import collect_runs, sweep_name
 from .columns import (CONFIG_PREFIX, FIT_SHARED, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
                       is_missing, short_keys)
@@ -51,7 +51,7 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
         row[GRID] = _grid(members[0])
         row[FIT_SHARED] = ", ".join(dict.fromkeys(cell_text(m.get(FIT_SHARED)) for m in members
                                                   if cell_text(m.get(FIT_SHARED))))
-        finished = [m for m in members if m["status"] in FINISHED]
+        finished = [m for m in members if m["status"] in AVERAGED]
         averaged = finished or members
         row["seeds"] = len(finished)
         for metric in METRICS:
@@ -224,6 +224,23 @@ def _find_baseline(rows: list[dict], baseline: str) -> dict:
     raise ConfigError(f"--baseline '{baseline}' {what}; give a run label or a run folder path (rows: {labels})")
 
 
+BEST = "best"  # a search's table: the column that marks its best row
+
+
+def rank_by_objective(table, objective: str, minimize: bool):
+    """A search's table: rows sorted by the objective (best first; pruned and failed rows after the
+    finished ones, NaN last), the best finished row marked in a `best` column beside `run`."""
+    finished = table["status"].astype(str).isin(["done"])
+    key = table[objective].where(finished)
+    order = key.sort_values(ascending=minimize, na_position="last", kind="stable").index
+    ranked = table.loc[order].reset_index(drop=True)
+    marks = [""] * len(ranked)
+    if finished.any():
+        marks[0] = "*"
+    ranked.insert(1, BEST, marks)
+    return ranked
+
+
 def write_sweep_results(sweep_dir: str | Path) -> tuple[Path, Path]:
     """Rebuild `results.csv` and `results.md` of a sweep from its folders (the folders are the
     truth), each written whole; paths in them are relative to the sweep folder."""
@@ -235,6 +252,9 @@ def write_sweep_results(sweep_dir: str | Path) -> tuple[Path, Path]:
     # a config key the trials differ in besides the swept ones (a dataset, epochs, a backend changed
     # between two runs of the sweep) is a column: such rows are not told apart by `grid` alone
     table = comparison_table(runs, only_changed=True)
+    search = read_manifest(sweep_dir).get("search")
+    if isinstance(search, dict) and search.get("objective") in table.columns:
+        table = rank_by_objective(table, search["objective"], search.get("direction") == "minimize")
     name = sweep_name(sweep_dir)
     csv_path = write_text_atomic(sweep_dir / "results.csv", format_table(table, "csv"))
     md_path = write_text_atomic(sweep_dir / "results.md", f"# {name}\n\n" + format_table(table, "markdown"))

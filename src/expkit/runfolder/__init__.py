@@ -13,16 +13,16 @@ through `read_record`, `read_status` and `read_metrics`; nothing else parses the
 
 from .claims import (CLAIM_FILL_SECONDS, DEFAULT_STALE_AFTER, HEARTBEAT_SECONDS, Claim, ClaimLost, Heartbeat, Holder,
                      now_iso, pid_alive)
-from .records import (DAMAGED, DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, STATUSES, WRITTEN,
+from .records import (AVERAGED, DAMAGED, DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING, PRUNED, RUNNING, STATUSES, WRITTEN,
                       DamagedRecord, RunFolder, RunRecord, is_run_folder, metrics_csv_text, new_run_id, read_metrics,
                       read_record, read_status)
 from .sweepfolder import (ATTEMPTS, CLAIMS, MANIFEST, is_sweep_folder, manifest_trials, read_manifest, set_aside,
                           sweep_lock)
 
 __all__ = [
-    "CLAIM_FILL_SECONDS", "DAMAGED", "DEFAULT_STALE_AFTER", "DIVERGED", "DONE", "FAILED", "FINISHED",
+    "AVERAGED", "CLAIM_FILL_SECONDS", "DAMAGED", "DEFAULT_STALE_AFTER", "DIVERGED", "DONE", "FAILED", "FINISHED",
     "HEARTBEAT_SECONDS", "INTERRUPTED", "PENDING", "RUNNING", "STATUSES", "WRITTEN", "Claim", "ClaimLost",
     "DamagedRecord", "Heartbeat", "Holder", "RunFolder", "RunRecord", "is_run_folder", "metrics_csv_text",
-    "new_run_id", "now_iso", "pid_alive", "read_metrics", "read_record", "read_status",
+    "new_run_id", "now_iso", "pid_alive", "PRUNED", "read_metrics", "read_record", "read_status",
     "ATTEMPTS", "CLAIMS", "MANIFEST", "is_sweep_folder", "manifest_trials", "read_manifest", "set_aside", "sweep_lock",
 ]

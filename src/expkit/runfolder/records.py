@@ -27,9 +27,11 @@ DIVERGED = "diverged"        # the loss turned NaN/inf; training stopped, the re
 FAILED = "failed"
 INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, or a process that vanished while running
 DAMAGED = "damaged"          # a record that cannot be read: reported by path, retrained on resume
-STATUSES = (PENDING, RUNNING, DONE, DIVERGED, FAILED, INTERRUPTED, DAMAGED)
-WRITTEN = (RUNNING, DONE, DIVERGED, FAILED, INTERRUPTED)  # what a run may write about itself
-FINISHED = (DONE, DIVERGED)  # a sweep skips these on resume; tables average over them
+PRUNED = "pruned"            # a sweep's pruner stopped it as a losing trial (sweep.prune); its epochs are kept
+STATUSES = (PENDING, RUNNING, DONE, DIVERGED, PRUNED, FAILED, INTERRUPTED, DAMAGED)
+WRITTEN = (RUNNING, DONE, DIVERGED, PRUNED, FAILED, INTERRUPTED)  # what a run may write about itself
+FINISHED = (DONE, DIVERGED, PRUNED)  # a sweep skips these on resume
+AVERAGED = (DONE, DIVERGED)  # what tables average over seeds (a pruned trial trained fewer epochs)
 
 
 class DamagedRecord(ConfigError):

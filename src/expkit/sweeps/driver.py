@@ -63,43 +63,79 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     """
     from ..progress import ProgressLog, SweepProgress
     from ..runner import ensure_writable
-    from .vectorize.plan import early_lanes, lane_count, plan_vectorised
+    from .search import Search
 
     log = log or sys.stderr
     jobs = cfg.sweep.jobs if jobs is None else jobs
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be a whole number of at least 1, found {jobs!r}")
     kind = executor or cfg.sweep.executor
-    trials = expand_sweep(cfg)
     ensure_writable(runs_dir)
     sweep_dir = ensure_writable(Path(runs_dir) / cfg.name).absolute()
+    search = Search(cfg, sweep_dir) if cfg.sweep.space else None
+    trials = expand_sweep(cfg) if search is None else []
     isatty = getattr(log, "isatty", None)
     live = bool(isatty and isatty()) and not (kind == "local" and jobs == 1)
     progress = SweepProgress(cfg.name, log, live=live)
     say = ProgressLog(progress)
+    made: list = []
+
+    def executor_for(units: list):
+        if not made:
+            made.append(make_executor(kind, units, sweep_dir, jobs=jobs, device=device, stale_after=stale_after,
+                                      log=say, live=live, resources=cfg.sweep.resources,
+                                      address=address or cfg.sweep.address))
+        return made[0]
+
+    run = dict(sweep_dir=sweep_dir, kind=kind, jobs=jobs, device=device, stale_after=stale_after, say=say,
+               live=live, progress=progress, fail_fast=fail_fast)
+    try:
+        if search is None:
+            _run_trials(cfg, trials, trials, executor_for(trials), **run)
+        else:
+            # random and grid proposals do not learn from results: all at once (a vectorised group may
+            # train them together); tpe a batch at a time, one per worker
+            batch = search.budget if cfg.sweep.search.sampler != "tpe" else (cfg.sweep.search.batch or jobs)
+            attempted: set[str] = set()
+            while True:
+                trials, todo = search.step(attempted, batch)
+                if not todo:
+                    break
+                _run_trials(cfg, trials, todo, executor_for(todo), **run)
+                attempted |= {t.id for t in todo}
+    finally:
+        for runner in made:
+            runner.close()
+    counts = refresh(cfg, trials, sweep_dir, plots=True)
+    return sweep_dir, counts
+
+
+def _run_trials(cfg: ExperimentConfig, trials: list, todo: list, runner, *, sweep_dir: Path, kind: str, jobs: int,
+                device: str, stale_after: float, say, live: bool, progress, fail_fast: bool) -> None:
+    """Check, plan and train `todo`, the trials of this pass (a grid's every trial, a search's batch);
+    `trials`: every trial of the sweep so far, for the manifest, the tables and the progress line."""
+    from .vectorize.plan import early_lanes, lane_count, plan_vectorised
 
     def tell(line: str) -> None:
         print(line, file=say)
 
-    runner = make_executor(kind, trials, sweep_dir, jobs=jobs, device=device, stale_after=stale_after, log=say,
-                           live=live, resources=cfg.sweep.resources, address=address or cfg.sweep.address)
     lanes = None  # the JAX processes of this machine that train vectorised groups (executor local)
     try:
-        pending = [t for t in trials if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
-        if cfg.track and len(pending) < len(trials):  # a tracker records a trial as it trains, never afterwards
-            finished = len(trials) - len(pending)
-            tell(f"track: {finished} of {len(trials)} trials had finished before and are not tracked again; to record "
+        pending = [t for t in todo if read_status(sweep_dir / t.id, stale_after) not in FINISHED]
+        if cfg.track and len(pending) < len(todo):  # a tracker records a trial as it trains, never afterwards
+            finished = len(todo) - len(pending)
+            tell(f"track: {finished} of {len(todo)} trials had finished before and are not tracked again; to record "
                  f"them: " + "; ".join(f"expkit export {name} {sweep_dir}" for name in cfg.track))
         if kind != "ray":
             # JAX processes started now when the config says a group is likely; they then check the
             # trials they will train, and the trial executor checks only the rest (on their backend).
-            early = early_lanes(cfg, trials, sweep_dir, device=device, stale_after=stale_after)
+            early = early_lanes(cfg, todo, sweep_dir, device=device, stale_after=stale_after)
             if early:
                 lanes = _lanes(early, sweep_dir, device, stale_after, say, live)
         if lanes is None:
             runner.preflight(pending)
         with _keras_imported_quietly():
-            plan = plan_vectorised(cfg, trials, sweep_dir, device=device, stale_after=stale_after, log=say,
+            plan = plan_vectorised(cfg, todo, sweep_dir, device=device, stale_after=stale_after, log=say,
                                    checker=runner if kind == "ray" else lanes)
         if lanes is not None:
             runner.preflight([t for t in pending if t.id not in plan.checked])
@@ -115,7 +151,7 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
         else:
             units, groups_on = [], None
         grouped = {t.id for u in units for t in u.trials}
-        note = _kept_from_another_backend(trials, pending, sweep_dir) if cfg.sweep.vectorize is False else None
+        note = _kept_from_another_backend(todo, pending, sweep_dir) if cfg.sweep.vectorize is False else None
         if note:
             tell(note)
         for line in execution_lines(cfg, pending, jobs=jobs, executor=kind, grouped=len(grouped)):
@@ -127,23 +163,22 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
                 + (f" in each of {shares} processes" if shares > 1 else "") + (" as a Ray task" if kind == "ray" else ""))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         refresh(cfg, trials, sweep_dir)
-        announced: set[str] = set()
+        # a search's earlier trials count as done on the progress line, without a line each
+        here = {t.id for t in todo}
+        announced = {t.id for t in trials if t.id not in here and read_status(sweep_dir / t.id) in FINISHED}
         if units:
             try:
-                announced = _drive(cfg, trials, units, sweep_dir, groups_on, progress, fail_fast=fail_fast,
-                                   stale_after=stale_after, last=False)
+                announced |= _drive(cfg, trials, units, sweep_dir, groups_on, progress, fail_fast=fail_fast,
+                                    stale_after=stale_after, last=False, announced=announced)
             finally:
                 if lanes is not None:
                     lanes.close()
                     lanes = None
-        _drive(cfg, trials, trials, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after,
+        _drive(cfg, trials, todo, sweep_dir, runner, progress, fail_fast=fail_fast, stale_after=stale_after,
                announced=announced)
     finally:
         if lanes is not None:
             lanes.close()
-        runner.close()
-    counts = refresh(cfg, trials, sweep_dir, plots=True)
-    return sweep_dir, counts
 
 
 def _kept_from_another_backend(trials: list, pending: list, sweep_dir: Path) -> str | None:

@@ -4,6 +4,7 @@ table, and what the run would really do (which trials form vectorised groups, wh
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..config import ExperimentConfig
 from .trials import expand_sweep
@@ -19,6 +20,8 @@ def dry_run(cfg: ExperimentConfig, out=None, *, device: str = "auto", jobs: int 
     from .vectorize.plan import dry_run_groups, model_shape
 
     out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
+    if cfg.sweep.space:
+        return _dry_run_search(cfg, out)
     trials = expand_sweep(cfg)
 
     def measure(model):
@@ -43,3 +46,22 @@ def dry_run(cfg: ExperimentConfig, out=None, *, device: str = "auto", jobs: int 
     for line in execution_lines(cfg, trials, jobs=jobs, executor=executor, grouped=grouped):
         print(line, file=out)
     return rows
+
+
+def _dry_run_search(cfg: ExperimentConfig, out) -> list[dict]:
+    """A search has no trial list before it runs: the space and the budget, and the model of one
+    configuration (the space's lowest values, or first choices) built and checked."""
+    from ..models import count_params
+    from .search import Search
+    from .trials import configuration_trials
+
+    search = Search(cfg, Path("."))
+    for line in search.describe():
+        print(line, file=out)
+    corner = {k: (d.choices[0] if d.kind == "choice" else d.low) for k, d in search.space.items()}
+    trials = configuration_trials(cfg, corner)[:1]
+    measured = preflight(trials, measure=lambda model: count_params(model)[0])
+    print(f"one configuration ({trials[0].label()}) built: {measured[trials[0].id]:,} parameters; nothing trained",
+          file=out)
+    return [{"trial": 1, "id": trials[0].id, "values": trials[0].label(), "seed": trials[0].seed,
+             "params": measured[trials[0].id]}]

@@ -10,22 +10,25 @@ from ..config import ExperimentConfig
 from ..errors import RunWriteError
 from ..files import write_json_atomic
 from ..runfolder import MANIFEST, manifest_trials, read_status, sweep_lock
-from .trials import Trial
+from .trials import Trial, swept_keys
 
 
 def manifest(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path) -> dict:
     """The sweep's manifest: its trials in order with their statuses, then the trials of earlier
     versions of the sweep that still have folders here (`in_grid: false`), so no record is dropped."""
-    keys = list(cfg.sweep.grid) + list(cfg.sweep.zip)
+    keys = swept_keys(cfg)
     current = {t.id for t in trials}
     earlier = [t for t in manifest_trials(sweep_dir)
                if t.get("id") not in current and (sweep_dir / str(t.get("id"))).is_dir()]
     for t in earlier:
         keys += [k for k in t.get("values") or {} if k not in keys]
+    search = cfg.sweep.search
     return {
         "name": cfg.name,
         "keys": keys,
         "seeds": cfg.sweep.seeds,
+        **({"search": {"sampler": search.sampler, "objective": search.objective, "direction": search.goal}}
+           if cfg.sweep.space and search is not None else {}),
         "trials": [{"id": t.id, "values": t.values, "seed": t.seed, "status": read_status(sweep_dir / t.id)}
                    for t in trials]
         + [{**t, "status": read_status(sweep_dir / str(t["id"])), "in_grid": False} for t in earlier],
@@ -60,15 +63,49 @@ def _sweep_plots(cfg, trials, sweep_dir: Path) -> None:
     try:
         runs = collect_runs([sweep_dir])
         table, changed = comparison_table(runs), comparison_table(runs, only_changed=True)
-        keys = list(cfg.sweep.grid) + list(cfg.sweep.zip)
+        keys = swept_keys(cfg)
         numeric = [k for k in keys if all(isinstance(t.values[k], (int, float)) and not isinstance(t.values[k], bool) for t in trials)]
         if len(keys) == 1 and numeric:
             # config keys the trials differ in besides the swept one (a dataset changed between two runs
             # of the sweep): one line per value, never one line zig-zagging between them
             series = [c for c in changed.columns if c not in table.columns]
             plot_sweep(changed if series else table, numeric[0], sweep_dir / "sweep.png", series=series or None)
+        if cfg.sweep.space:
+            _search_plots(cfg, trials, table, sweep_dir)
         runs = [(sweep_dir / t.id, f"{t.label()} s{t.seed}") for t in trials if (sweep_dir / t.id / "metrics.csv").exists()]
         if runs:
             plot_overlay(runs, sweep_dir / "val_curves.png")
     except Exception as exc:  # plots never cost the sweep's results
         print(f"expkit: could not draw the sweep plots: {exc}", file=sys.stderr)
+
+
+def _search_plots(cfg, trials, table, sweep_dir: Path) -> None:
+    """search.png (the objective per proposal and the best so far) and parallel.png (the space)."""
+    from ..report.plots import plot_parallel, plot_search
+    from ..runfolder import PRUNED, DamagedRecord, read_record
+    from .search import objective_of
+
+    search = cfg.sweep.search
+    minimize = search.goal == "minimize"
+    by_values: dict[str, list] = {}
+    for t in trials:  # a proposal's trials (one per seed) are consecutive
+        by_values.setdefault(t.label(), []).append(t)
+    values, pruned = [], []
+    for members in by_values.values():
+        scores, cut = [], False
+        for t in members:
+            try:
+                record = read_record(sweep_dir / t.id)
+            except DamagedRecord:
+                record = None
+            if record is not None:
+                scores.append(objective_of(record, search.objective))
+                cut = cut or record.status == PRUNED
+        values.append(sum(scores) / len(scores) if scores else float("nan"))
+        pruned.append(cut)
+    if values:
+        plot_search(values, sweep_dir / "search.png", objective=search.objective, minimize=minimize, pruned=pruned)
+    done = table[table["status"].astype(str) == "done"] if "status" in table.columns else table
+    if len(done) >= 2:
+        plot_parallel(done, list(cfg.sweep.space), sweep_dir / "parallel.png", objective=search.objective,
+                      minimize=minimize)

@@ -23,6 +23,7 @@ class Trial:
     values: dict          # swept key -> value, in declaration order
     seed: int
     config: ExperimentConfig
+    prune: dict | None = None  # sweep.prune: the rule that may stop it early (sweeps.pruning)
 
     def label(self) -> str:
         parts = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in self.values.items()]
@@ -41,39 +42,61 @@ def trial_id(resolved: dict) -> str:
 
 
 def expand_sweep(cfg: ExperimentConfig) -> list[Trial]:
-    """Every trial of `cfg.sweep`: grid product x zip positions x seeds, in declaration order."""
+    """Every trial of `cfg.sweep`: grid product x zip positions x seeds, in declaration order. A search
+    (sweep.space) has no fixed list: its trials are proposed as it goes (sweeps.search)."""
     if cfg.sweep is None:
         raise ValueError("config has no sweep block")
-    base = cfg.to_dict()
-    base.pop("sweep")
+    if cfg.sweep.space:
+        raise ValueError("a search's trials are proposed by its sampler (sweeps.search), not expanded")
     sweep = cfg.sweep
     grid_keys = list(sweep.grid)
     zip_keys = list(sweep.zip)
     positions = range(len(next(iter(sweep.zip.values())))) if zip_keys else [None]
-    seeds = sweep.seeds if sweep.seeds else [cfg.seed]
     trials = []
     for combo in itertools.product(*(sweep.grid[k] for k in grid_keys)):
         for pos in positions:
             values = dict(zip(grid_keys, combo))
             if pos is not None:
                 values.update({k: sweep.zip[k][pos] for k in zip_keys})
-            for seed in seeds:
-                raw = base
-                for key, value in values.items():
-                    block = "grid" if key in sweep.grid else "zip"
-                    try:
-                        raw = set_path(raw, key, value)
-                    except ConfigError as exc:
-                        raise ConfigError(exc.message, path=f"sweep.{block}.{key}") from None
-                raw = set_path(raw, "seed", seed)
-                try:
-                    trial_cfg = validate(raw)
-                except ConfigError as exc:
-                    raise ConfigError(f"{exc.path}: {exc.message}" if exc.path else exc.message,
-                                      path=f"sweep ({_label(values)})") from None
-                trials.append(Trial(trial_id(trial_cfg.to_dict()), values, seed, trial_cfg))
+            trials += configuration_trials(cfg, values)
+    return distinct(trials)
+
+
+def swept_keys(cfg: ExperimentConfig) -> list[str]:
+    """The keys a sweep varies, in declaration order: grid, zip, then a search's space."""
+    return [*cfg.sweep.grid, *cfg.sweep.zip, *cfg.sweep.space]
+
+
+def configuration_trials(cfg: ExperimentConfig, values: dict) -> list[Trial]:
+    """One configuration of the sweep (swept key -> value) as a trial per seed of sweep.seeds."""
+    base = cfg.to_dict()
+    base.pop("sweep")
+    sweep = cfg.sweep
+    seeds = sweep.seeds if sweep.seeds else [cfg.seed]
+    prune = sweep.prune.model_dump(mode="json") if sweep.prune is not None else None
+    trials = []
+    for seed in seeds:
+        raw = base
+        for key, value in values.items():
+            block = "grid" if key in sweep.grid else "zip" if key in sweep.zip else "space"
+            try:
+                raw = set_path(raw, key, value)
+            except ConfigError as exc:
+                raise ConfigError(exc.message, path=f"sweep.{block}.{key}") from None
+        raw = set_path(raw, "seed", seed)
+        try:
+            trial_cfg = validate(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc.path}: {exc.message}" if exc.path else exc.message,
+                              path=f"sweep ({_label(values)})") from None
+        trials.append(Trial(trial_id(trial_cfg.to_dict()), values, seed, trial_cfg, prune))
+    return trials
+
+
+def distinct(trials: list[Trial]) -> list[Trial]:
+    """`trials`, refused when two resolve to one config (that would count one trained run twice)."""
     seen: dict[str, Trial] = {}
-    for t in trials:  # two entries that resolve to one config would count one trained run twice
+    for t in trials:
         if t.id in seen:
             raise ConfigError(f"trials ({seen[t.id].label()}, seed {seen[t.id].seed}) and ({t.label()}, seed "
                               f"{t.seed}) are the same experiment; list each value once", path="sweep")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError, RunWriteError, first_line
-from ..runfolder import (CLAIMS, DEFAULT_STALE_AFTER, FAILED, FINISHED, INTERRUPTED, RUNNING, Claim, ClaimLost,
-                         RunFolder, RunRecord, read_status, set_aside)
+from ..runfolder import (CLAIMS, DEFAULT_STALE_AFTER, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Claim,
+                         ClaimLost, RunFolder, RunRecord, read_metrics, read_status, set_aside)
 from ..stopping import check as check_stop
 from .trials import Trial
 
@@ -141,8 +141,10 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
         try:
             cfg = trial.config
             dataset = (datasets or DatasetCache()).get(cfg)
+            pruner = _pruner(trial, sweep_dir)
             run_experiment(cfg, device=device, folder=folder, dataset=dataset, resume=resume,
-                           trial={"id": trial.id, "values": trial.values, "seed": trial.seed})
+                           trial={"id": trial.id, "values": trial.values, "seed": trial.seed},
+                           prune=pruner.should_stop if pruner else None)
         except ClaimLost as exc:
             return TrialOutcome(RUNNING, False, str(exc))
         except RunWriteError:
@@ -159,9 +161,20 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
             keras.backend.clear_session()
             gc.collect()
         status = read_status(path, stale_after)
+        if status == PRUNED:
+            return TrialOutcome(status, True, pruner.reason(len(read_metrics(path))))
         return TrialOutcome(status, True, status)
     finally:
         claim.release()
+
+
+def _pruner(trial: Trial, sweep_dir: Path):
+    """The trial's pruning rule (sweep.prune) against the other trials of its sweep folder, or None."""
+    if trial.prune is None:
+        return None
+    from .pruning import SweepPruner
+
+    return SweepPruner(trial.prune, sweep_dir, trial.id, trial.config.train.epochs)
 
 
 def _record_early_failure(folder: RunFolder, trial: Trial, exc: BaseException) -> None:

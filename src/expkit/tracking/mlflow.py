@@ -158,7 +158,7 @@ class Tracker:
                 self.client.log_artifact(self.run_id, str(path))
         status = getattr(record, "status", None)
         self.client.set_terminated(self.run_id, {"done": "FINISHED", "diverged": "FINISHED",
-                                                 "interrupted": "KILLED"}.get(status, "FAILED"))
+                                                 "pruned": "KILLED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
 
 def _trial_name(trial: dict) -> str:

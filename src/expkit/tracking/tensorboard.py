@@ -131,7 +131,7 @@ class Tracker:
             values = {f"epoch_{k}": float(v) for k, v in record.test.items() if isinstance(v, (int, float))}
             self._write("test", _scalars(values), max(self._last_epoch, record.epochs_run))
         status = {"done": api_pb2.STATUS_SUCCESS, "diverged": api_pb2.STATUS_SUCCESS,
-                  "failed": api_pb2.STATUS_FAILURE}.get(getattr(record, "status", None), api_pb2.STATUS_UNKNOWN)
+                  "pruned": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE}.get(getattr(record, "status", None), api_pb2.STATUS_UNKNOWN)
         self._write("", _session_end(status), max(self._last_epoch, 0))
         self.close()
 

@@ -121,7 +121,7 @@ def _differences(a: dict, b: dict) -> list[tuple[tuple, object, object]]:
 
 def sweep_key(cfg, path: tuple) -> str:
     """The sweep key (as written, with its block) that sets `path`, else the path itself."""
-    for block in ("grid", "zip"):
+    for block in ("grid", "zip", "space"):
         for key in getattr(cfg.sweep, block):
             parts = tuple(split_key(key))
             if path[:len(parts)] == parts:
@@ -137,6 +137,8 @@ def trial_blocker(cfg, trial) -> tuple[str, str] | None:
         if any(split_key(k)[0] == "backend" for k in getattr(cfg.sweep, block)):
             key = next(k for k in getattr(cfg.sweep, block) if split_key(k)[0] == "backend")
             return f"sweep.{block}.{key}", "the sweep compares backends, and a vectorised group trains on JAX"
+    if getattr(trial, "prune", None):
+        return "sweep.prune", "a vectorised program does not stop single lanes yet"
     if getattr(trial.config, "track", None):
         return "track", "trackers follow one run at a time, and a vectorised group does not feed them"
     train = trial.config.train
