@@ -76,6 +76,12 @@ sweep-optimizer: install $(VENV)/.installed-jax
 sweep-batch: install $(VENV)/.installed-jax
 	$(EXPKIT) run configs/sweep_batch.yaml $(SET) $(VEC) --runs-dir $(RUNS)
 
+# A search (Optuna's TPE over the learning rate, L2 and dropout of seed 001's MLP, successive halving):
+# run it again to continue the same search; search.png and parallel.png in runs/search_dropout/.
+.PHONY: search-dropout
+search-dropout: install $(VENV)/.installed-jax
+	$(EXPKIT) run configs/search_dropout.yaml $(SET) $(VEC) --runs-dir $(RUNS)
+
 # One config repeated over seeds (the spread of a result): SEED_CONFIG=configs/cnn1.yaml SWEEP_SEEDS=14,15,16
 SEED_CONFIG ?= configs/baseline.yaml
 SWEEP_SEEDS ?= 14,15,16,17,18
@@ -133,6 +139,12 @@ bench: install $(VENV)/.installed-jax
 
 # A vectorised sweep against the same sweep one trial at a time (TensorFlow, then JAX): the 10-rate LR sweep
 # of the baseline and CNN2 at 3 dropout rates x 3 seeds; full Fashion-MNIST when installed.
+# A 27-trial grid vectorised with successive halving against the same grid without: lane-epochs, wall time,
+# best val_accuracy (benchmarks/bench_search.py; full Fashion-MNIST when installed).
+.PHONY: bench-search
+bench-search: install $(VENV)/.installed-jax
+	$(BIN)/python benchmarks/bench_search.py
+
 .PHONY: bench-sweep sweep-seeds
 bench-sweep: install $(VENV)/.installed-jax
 	$(BIN)/python -m pip install --quiet keras-tuner  # the peer of the lr study; the benchmark's only

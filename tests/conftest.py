@@ -36,6 +36,11 @@ def write_yaml(tmp_path):
 @pytest.fixture
 def tiny_config():
     """A tiny experiment on synthetic data: trains in a second or two."""
+    return tiny_experiment()
+
+
+def tiny_experiment() -> dict:
+    """tiny_config's dict, for module-scoped fixtures."""
     return {
         "name": "tiny",
         "seed": 3,

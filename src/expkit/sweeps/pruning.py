@@ -87,7 +87,7 @@ def decide(spec: dict, mine: list[float], others: list[Competitor], *, bracket: 
         trial.report(value, epoch)
     for r, e in enumerate(rung_epochs(spec, bracket, len(values) - 1)):  # the rungs it passed in earlier epochs
         study._storage.set_trial_system_attr(trial._trial_id, f"completed_rung_{r}", values[e])
-    return pruner.prune(study, study._storage.get_trial(trial._trial_id))
+    return bool(pruner.prune(study, study._storage.get_trial(trial._trial_id)))
 
 
 class SweepPruner:

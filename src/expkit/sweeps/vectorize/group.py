@@ -14,8 +14,8 @@ import traceback
 from pathlib import Path
 
 from ...errors import first_line
-from ...runfolder import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, ClaimLost, Heartbeat,
-                          RunFolder, read_status)
+from ...runfolder import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING, PRUNED, RUNNING, ClaimLost,
+                          Heartbeat, RunFolder, read_status)
 from ..procs import MEMORY_SHARE, available_bytes
 from ..trials import GroupUnit
 from ..work import DatasetCache, TrialOutcome, claim_trial, open_attempt, resume_point
@@ -224,6 +224,10 @@ class GroupRun:
                 member.active, member.view.stop_training, member.lost = False, True, str(exc)
 
         member.on_epoch = on_epoch
+        if trial.prune is not None:  # judged against the sweep folder's records, the other lanes' included
+            from ..pruning import SweepPruner
+
+            member.prune = SweepPruner(trial.prune, self.sweep_dir, trial.id, cfg.train.epochs).should_stop
         self.say(f"{self.head(trial)}: {note}training")
         return member, folder, record
 
@@ -246,7 +250,10 @@ class GroupRun:
                 self.say(f"{self.head(trial)}: {member.lost}")
                 self.outcomes[trial.id] = TrialOutcome(RUNNING, False, member.lost)
                 continue
-            final = status or (DIVERGED if member.result.diverged else DONE)
+            final = status or (DIVERGED if member.result.diverged else PRUNED if member.result.pruned else DONE)
+            if trainer is not None and len(trainer.sizes) > 1:  # lanes were dropped: the program's sizes
+                record.extra["vectorized"].update(sizes=list(trainer.sizes),
+                                                  compile_seconds=round(trainer.compile_seconds, 3))
             try:
                 if final == DONE and member.cfg.train.save_model:
                     save_model(trainer.model_of(member.index), folder.path)
@@ -258,6 +265,8 @@ class GroupRun:
                                                        f"could not write its run folder: {exc}")
                 continue
             best = record.best.get("val_accuracy")
-            message = final + (f", best val_accuracy {best:.4f}" if final == DONE else "")
+            message = (final + (f", best val_accuracy {best:.4f}" if final == DONE else "") if final != PRUNED else
+                       f"pruned after epoch {len(member.result.history)} ({trial.prune['type'].replace('_', ' ')} on "
+                       f"{trial.prune['metric']}; its lane dropped from the program)")
             self.outcomes[trial.id] = TrialOutcome(final, True, message)
             self.release([trial])

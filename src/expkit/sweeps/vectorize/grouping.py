@@ -137,8 +137,6 @@ def trial_blocker(cfg, trial) -> tuple[str, str] | None:
         if any(split_key(k)[0] == "backend" for k in getattr(cfg.sweep, block)):
             key = next(k for k in getattr(cfg.sweep, block) if split_key(k)[0] == "backend")
             return f"sweep.{block}.{key}", "the sweep compares backends, and a vectorised group trains on JAX"
-    if getattr(trial, "prune", None):
-        return "sweep.prune", "a vectorised program does not stop single lanes yet"
     if getattr(trial.config, "track", None):
         return "track", "trackers follow one run at a time, and a vectorised group does not feed them"
     train = trial.config.train

@@ -41,6 +41,7 @@ class Member:
     resume: object = None          # the checkpoint (expkit.checkpoint.Checkpoint) its state was restored from
     on_checkpoint: object = None   # writes its checkpoint after an epoch: on_checkpoint(epoch, trainer)
     start: int = 0                 # the first epoch it trains (a resumed trial's epochs finished before)
+    prune: object = None           # sweep.prune: prune(history) after an epoch, True stops it as `pruned`
 
 
 class TrialView:
@@ -172,6 +173,7 @@ class GroupTrainer:
         started = time.perf_counter()
         self._compile()
         self.compile_seconds = time.perf_counter() - started
+        self.sizes = [len(members)]  # the program's trials, and after each drop (pruning) its new size
         for i, member in enumerate(members):
             member.view = TrialView(self, i, self.template)
             member.callbacks = make_callbacks(member.cfg, member.result,
@@ -304,6 +306,11 @@ class GroupTrainer:
                 m.active = not m.view.stop_training
                 if m.on_checkpoint is not None and not m.result.diverged and m.lost is None:
                     m.on_checkpoint(epoch, self)
+            # every lane's epoch is in the sweep folder now: each is judged against all of them
+            cut = [m for m in live if m.active and m.prune is not None and not m.result.diverged
+                   and m.prune(m.result.history)]
+            if cut:
+                diverged = diverged[self.drop(cut, started)]
         for m in self.members:
             for cb in m.callbacks:
                 cb.on_train_end()
@@ -311,6 +318,40 @@ class GroupTrainer:
             es = m.cfg.train.early_stopping
             if es is not None and not m.result.diverged:
                 m.result.stopped_early = len(m.result.history) < epochs
+
+    def drop(self, cut: list[Member], started: float):
+        """Stop the members `cut` (pruned) and go on with the others in a smaller program, compiled for
+        them, so the compute falls with each lane dropped. A dropped member ends as a trial stopped
+        alone ends: its callbacks' train end (early stopping's best weights), its test scores with the
+        weights it has now. Returns the indices (in the old stacking) of the members kept."""
+        for m in cut:
+            m.result.pruned, m.active, m.view.stop_training = True, False, True
+            for cb in m.callbacks:
+                cb.on_train_end()
+            m.result.fit_seconds = m.result.previous_seconds + time.perf_counter() - started
+        if self.x_test is not None:
+            scores = self._evaluate(self.x_test, self.y_test)
+            for m in cut:
+                m.result.test = {k: float(v[m.index]) for k, v in scores.items()}
+        keep = [m for m in self.members if m not in cut]
+        sel = jnp.asarray([m.index for m in keep], dtype=jnp.int32)
+        self.members = keep
+        if not keep:
+            return sel
+        take = lambda a: a[sel]  # noqa: E731
+        self.state = tuple([take(a) for a in part] for part in self.state)
+        self.metrics0 = [take(a) for a in self.metrics0]
+        self.pool_index = take(self.pool_index)
+        self.train_logs0, self.test_logs0 = (jax.tree_util.tree_map(take, logs) for logs in (self.train_logs0,
+                                                                                               self.test_logs0))
+        self.program.knob_values = tuple(take(v) for v in self.program.knob_values)
+        for i, m in enumerate(keep):
+            m.index = m.view.index = m.view.optimizer.index = i
+        compiling = time.perf_counter()
+        self._compile()
+        self.compile_seconds += time.perf_counter() - compiling
+        self.sizes.append(len(keep))
+        return sel
 
     def test(self) -> None:
         """Each member's test scores with its final (or restored best) weights, as `train` takes them."""
