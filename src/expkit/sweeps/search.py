@@ -22,6 +22,7 @@ from pathlib import Path
 from ..config import ExperimentConfig, check_search
 from ..errors import ConfigError
 from ..runfolder import DIVERGED, FINISHED, PRUNED, DamagedRecord, read_record, read_status, sweep_lock
+from .tables import objective_of
 from .trials import Trial, configuration_trials
 
 JOURNAL = "search.journal"
@@ -37,14 +38,6 @@ class Proposal:
     trials: list[Trial] = field(default_factory=list)
     state: str = "RUNNING"   # Optuna's state: RUNNING until told
     value: float | None = None
-
-
-def objective_of(record, objective: str) -> float:
-    """A run's objective (a results column) from its record: best_X from `best`, test_X from `test`."""
-    kind, _, metric = objective.partition("_")
-    block = record.best if kind == "best" else (record.test or {})
-    value = block.get(metric)
-    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 class Search:

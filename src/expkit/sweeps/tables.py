@@ -3,6 +3,7 @@ are the truth) whenever trials finish."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def manifest(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path) -> dic
                    for t in trials]
         + [{**t, "status": read_status(sweep_dir / str(t["id"])), "in_grid": False} for t in earlier],
     }
+
+
+def objective_of(record, objective: str) -> float:
+    """A run's objective (a results column) from its record: best_X from `best`, test_X from `test`."""
+    kind, _, metric = objective.partition("_")
+    block = record.best if kind == "best" else (record.test or {})
+    value = block.get(metric)
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def refresh(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, plots: bool = False) -> dict:
@@ -83,7 +92,6 @@ def _search_plots(cfg, trials, table, sweep_dir: Path) -> None:
     """search.png (the objective per proposal and the best so far) and parallel.png (the space)."""
     from ..report.plots import plot_parallel, plot_search
     from ..runfolder import PRUNED, DamagedRecord, read_record
-    from .search import objective_of
 
     search = cfg.sweep.search
     minimize = search.goal == "minimize"
