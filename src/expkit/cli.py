@@ -146,6 +146,20 @@ def cmd_table(args) -> int:
     if args.difference:
         table = add_differences(table, args.difference)
     text = format_table(table, args.format)
+    tests_text = ""
+    if args.compare or args.compare_all:
+        from .report.stats import format_tests, table_tests
+
+        tests = table_tests(runs, table, compare=args.compare, compare_all=args.compare_all, baseline=args.baseline,
+                            test=args.test)
+        tests_text = format_tests(tests, args.format)
+        if args.output and args.format == "csv":  # its own file: the table's CSV stays one table for `expkit diff`
+            tests_path = Path(args.output).with_suffix(".tests.csv")
+            write_text_atomic(tests_path, tests_text)
+            print(f"tests: {tests_path}", file=sys.stderr)
+            tests_text = ""
+    if tests_text:
+        text += "\n" + tests_text
     if args.output:
         write_text_atomic(args.output, text)
         if args.format == "csv":  # what the runs were made with, for `expkit diff` (report/provenance.py)
@@ -253,7 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difference", action="append", metavar="A-B",
                    help="add the row 'Difference (A - B)', A minus B, for two row labels "
                    "(published ones included); repeatable")
-    p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output")
+    p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="add tests of A against B per metric: difference of means, 95%% CI, p-value over seeds "
+                   "(needs scipy: the `stats` extra); repeatable")
+    p.add_argument("--compare-all", action="store_true", help="add tests of every row against --baseline")
+    p.add_argument("--test", choices=["auto", "welch", "paired", "bootstrap"], default="auto",
+                   help="with --compare: Welch's t-test, the paired t-test over common seeds, or a bootstrap "
+                   "interval with a permutation p-value (default auto: paired when the seeds match, else welch)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output "
+                   "(csv: the tests go to FILE's stem + .tests.csv)")
     p.add_argument("--plot", metavar="PNG", help="also draw a bar chart of the runs")
     p.add_argument("--metric", default="best_val_accuracy", help="metric of the bar chart (default: best_val_accuracy)")
     p.set_defaults(func=cmd_table)
