@@ -204,7 +204,7 @@ def cmd_diff(args) -> int:
     from .diff import diff_tables
 
     result = diff_tables(args.old, args.new, fail_on_worse=args.fail_on_worse, tolerance=args.tolerance,
-                         allow_removed=args.allow_removed)
+                         allow_removed=args.allow_removed, significance=args.significance)
     sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
     return 1 if result.worse else 0
 
@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.add_argument("--fail-on-worse", metavar="METRIC", help="exit 1 when METRIC got worse by more than --tolerance")
     p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument("--significance", type=float, metavar="LEVEL",
+                   help="with --fail-on-worse: fail only on rows worse by Welch's test over their seeds at this "
+                   "level (0.05; needs scipy); rows with one seed on a side are judged by --tolerance")
     p.add_argument("--allow-removed", action="store_true",
                    help="with --fail-on-worse: rows missing from the new table (or no match at all) do not fail the gate")
     p.set_defaults(func=cmd_diff)
