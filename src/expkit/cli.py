@@ -209,6 +209,15 @@ def cmd_diff(args) -> int:
     return 1 if result.worse else 0
 
 
+def cmd_claims(args) -> int:
+    from .report.claims import check_claims, format_verdicts, load_claims
+
+    significance = load_claims(args.claims_file).significance
+    verdicts = check_claims(args.claims_file, args.paths)
+    sys.stdout.write(format_verdicts(verdicts, significance))
+    return 1 if any(v.failed for v in verdicts) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="expkit", description="Keras experiments from YAML: run, sweep, compare.")
     from .version import __version__
@@ -291,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-removed", action="store_true",
                    help="with --fail-on-worse: rows missing from the new table (or no match at all) do not fail the gate")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("claims", help="a study's claims (claims.yaml) judged on its runs: holds / reversed / not shown; "
+                       "exit 1 when a must_hold claim fails")
+    p.add_argument("claims_file", metavar="FILE", help="the claims file (claims.yaml)")
+    p.add_argument("paths", nargs="+", metavar="RUNS", help="run folders, runs/<name> folders or sweep folders")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("export", help="record existing run folders in TensorBoard or MLflow, as `track` would have")
     p.add_argument("tracker", choices=["tensorboard", "mlflow"])
