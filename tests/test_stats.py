@@ -119,3 +119,17 @@ def test_cli_table_compare_prints_the_tests(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t.csv").read_text().startswith("run,")
     assert (tmp_path / "t.tests.csv").read_text().startswith("a,b,metric,test,seeds,difference,ci_low,ci_high,p_value,note\n")
+
+
+def test_the_html_report_shows_the_tests(tmp_path):
+    from expkit.report.html import render_html_report
+
+    paths = write_rows(tmp_path, {"cnn1": list(zip(range(5), A_VAL)), "cnn2": list(zip(range(5, 10), B_VAL)),
+                                  "one": [(0, 0.5)]})
+    page = render_html_report(paths, baseline="cnn2", compare_all=True)
+    p = stats.ttest_ind(A_VAL, B_VAL, equal_var=False).pvalue
+    assert "<h2>Is the difference real?</h2>" in page
+    assert (f"<tr><td>cnn1 - cnn2</td><td>best_val_accuracy</td><td>welch</td><td>5 vs 5</td><td>+0.0208</td>"
+            in page) and f"<td>{p:.4f}</td>" in page
+    assert f"<tr><td>one - cnn2</td><td>best_val_accuracy</td><td></td><td>1 vs 5</td><td>-0.3256</td><td>{ONE_SEED}</td>" in page
+    assert "Is the difference real?" not in render_html_report(paths)

@@ -194,7 +194,8 @@ def cmd_report(args) -> int:
     if blocker is not None:
         raise ConfigError(f"-o {out}: {blocker} is a file, not a folder")
     began = time.perf_counter()
-    path = write_html_report([Path(p) for p in args.paths], args.output, baseline=args.baseline, title=args.title)
+    path = write_html_report([Path(p) for p in args.paths], args.output, baseline=args.baseline, title=args.title,
+                             compare=args.compare, compare_all=args.compare_all, test=args.test)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - began:.1f} s)", file=sys.stderr)
     print(path)
     return 0
@@ -318,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="RUN", help="the run others' configs are compared with (label or path; "
                    "default: the first)")
     p.add_argument("--title", help="the page's title (default: the names of the runs)")
+    p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="add tests of A against B over their seeds, as `expkit table --compare`; repeatable")
+    p.add_argument("--compare-all", action="store_true", help="add tests of every row against the baseline")
+    p.add_argument("--test", choices=["auto", "welch", "paired", "bootstrap"], default="auto",
+                   help="the test of --compare (default auto: paired when the seeds match, else welch)")
     p.set_defaults(func=cmd_report)
     return parser
 
