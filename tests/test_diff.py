@@ -253,3 +253,21 @@ def test_significance_needs_the_gate_and_a_level(table):
         diff_tables(table, table, significance=0.05)
     with pytest.raises(ConfigError, match="between 0 and 1"):
         diff_tables(table, table, fail_on_worse="best_val_accuracy", significance=5)
+
+
+def test_cli_significance_exit_status(tmp_path):
+    import subprocess
+    import sys
+
+    from test_report import REPO
+
+    old = seeded_table(tmp_path, "old", [0.80, 0.82, 0.81])
+    noisy = seeded_table(tmp_path, "noisy", [0.79, 0.81, 0.82])
+    worse = seeded_table(tmp_path, "worse", [0.70, 0.71, 0.70])
+    gate = ["--fail-on-worse", "best_val_accuracy", "--significance", "0.05"]
+    run = [sys.executable, "-m", "expkit", "diff", str(old)]
+    passed = subprocess.run(run + [str(noisy), *gate], capture_output=True, text=True, cwd=REPO)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    failed = subprocess.run(run + [str(worse), *gate], capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 1
+    assert "worse: best_val_accuracy got worse by Welch's test at 0.05 in 1 row(s): cnn1 (-0.1067, p=" in failed.stdout
