@@ -8,8 +8,8 @@ difference of means A - B, a confidence interval and a two-sided p-value:
 - `welch`: Welch's t-test (`ttest_ind(equal_var=False)`), for rows that ran different seeds;
 - `paired`: the paired t-test (`ttest_rel`) over the seeds both rows ran, which removes what a seed
   does to both (its data split, its initial weights);
-- `bootstrap`: a percentile bootstrap interval of the difference (`bootstrap`, 9,999 resamples,
-  fixed random state) with the p-value of a permutation test (`permutation_test`; with 3 seeds a side
+- `bootstrap`: a percentile bootstrap interval of the difference (`bootstrap`, each row's seeds
+  resampled on their own, 9,999 resamples, a fixed random state) with the p-value of a permutation test (`permutation_test`; with 3 seeds a side
   there are only 20 distinct splits, so p cannot go below 0.1);
 - `auto` (the default): `paired` when both rows ran the same seeds, else `welch`.
 
@@ -89,7 +89,9 @@ def compare_values(a: dict, b: dict | float, *, test: str = "auto", confidence: 
         else:
             low, high, p = _bootstrap(stats, va, vb, confidence)
     out.update(test=chosen, ci_low=float(low), ci_high=float(high), p_value=float(p))
-    if test != chosen and exact:
+    if math.isnan(out["p_value"]):  # every seed gave the same number (on both sides): nothing to test against
+        out["note"] = "no spread over the seeds: no test"
+    elif test != chosen and exact:
         out["note"] = "against a published number: one-sample t-test"
     return out
 
