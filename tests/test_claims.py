@@ -108,3 +108,24 @@ def test_the_seed000_claims_file_is_valid():
     assert len(claims.claims) >= 6 and not any(c.must_hold for c in claims.claims)
     for reference in claims.reference:
         assert (REPO / "configs" / "seed000" / reference).is_file()
+
+
+def test_claims_on_tiny_trained_runs(tmp_path, tiny_config):
+    """Real Keras runs: a model that learns (Adam 0.05) against one that barely moves (learning rate 1e-7), three seeds each."""
+    import expkit
+
+    paths = []
+    for name, rate in (("learns", 0.05), ("frozen", 1e-7)):
+        for seed in (0, 1, 2):
+            config = dict(tiny_config, name=name, seed=seed)
+            config["data"] = dict(tiny_config["data"], options=dict(tiny_config["data"]["options"], n_train=60, n_test=20))
+            config["train"] = dict(tiny_config["train"], learning_rate=rate, epochs=2)
+            paths.append(expkit.run(config, runs_dir=tmp_path / "runs").path)
+    claims = [{"claim": "training lowers the loss", "a": "learns", "b": "frozen", "metric": "best_loss",
+               "direction": "lower", "must_hold": True},
+              {"claim": "a frozen model is as good", "a": "frozen", "b": "learns", "metric": "best_loss",
+               "direction": "lower"}]
+    verdicts = check_claims(claims_file(tmp_path / "claims.yaml", claims), paths)
+    assert [(v.verdict, v.test["test"], v.test["seeds"]) for v in verdicts] == [
+        (HOLDS, "paired", "3 vs 3"), (REVERSED, "paired", "3 vs 3")]
+    assert not any(v.failed for v in verdicts)
