@@ -109,6 +109,14 @@ seed000_paths = $(foreach c,$(2),$(foreach s,$(SEEDS),$(SEED000)/$(1)/seed$(s)/$
 .PHONY: seed000-models seed000-variants seed000-candidates
 seed000: seed000-models seed000-variants
 	cat $(SEED000)/models.md $(SEED000)/variants.md
+	$(MAKE) --no-print-directory seed000-claims
+
+# The seed's claims (configs/seed000/claims.yaml) judged on the runs above, without running anything:
+# holds / reversed / not shown, by the test between the rows over SEEDS (one seed: every claim "not shown").
+.PHONY: seed000-claims
+seed000-claims: install
+	$(EXPKIT) claims configs/seed000/claims.yaml $(call seed000_paths,models,$(SEED000_MODELS)) \
+	  $(call seed000_paths,variants,$(SEED000_VARIANTS))
 
 seed000-models: install
 	$(call seed000_runs,models,$(SEED000_MODELS))

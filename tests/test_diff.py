@@ -211,3 +211,63 @@ def test_rows_of_one_folder_match_by_path_when_labels_repeat(tmp_path):
     assert [r.change for r in result.rows] == ["same", "same"]
     assert result.worse is False
     assert [d.old for r in result.rows for d in r.deltas if d.metric == "best_val_accuracy"] == [0.5, 0.8]
+
+
+# --- --significance: a gate that knows noise ---------------------------------------------------------
+
+
+def test_significance_passes_a_drop_inside_the_noise_and_fails_one_outside(tmp_path):
+    from scipy import stats
+
+    old = seeded_table(tmp_path, "old", [0.80, 0.82, 0.81, 0.79, 0.83])
+    noisy = seeded_table(tmp_path, "noisy", [0.79, 0.81, 0.80, 0.82, 0.78])  # -0.01, std 0.0158: noise
+    worse = seeded_table(tmp_path, "worse", [0.76, 0.77, 0.75, 0.76, 0.77])  # -0.05: a real drop
+    # without a test both fail a zero tolerance
+    assert diff_tables(old, noisy, fail_on_worse="best_val_accuracy").worse is True
+    passed = diff_tables(old, noisy, fail_on_worse="best_val_accuracy", significance=0.05)
+    assert passed.worse is False and passed.reasons == []
+    (delta,) = [d for d in passed.rows[0].deltas if d.metric == "best_val_accuracy"]
+    expected = stats.ttest_ind([0.79, 0.81, 0.80, 0.82, 0.78], [0.80, 0.82, 0.81, 0.79, 0.83], equal_var=False,
+                               alternative="less").pvalue
+    assert delta.p_value == pytest.approx(expected, rel=1e-3)  # the tables hold 4 decimals of each std
+    assert delta.p_value > 0.05
+    failed = diff_tables(old, worse, fail_on_worse="best_val_accuracy", significance=0.05)
+    assert failed.worse is True
+    (reason,) = failed.reasons
+    p = stats.ttest_ind([0.76, 0.77, 0.75, 0.76, 0.77], [0.80, 0.82, 0.81, 0.79, 0.83], equal_var=False,
+                        alternative="less").pvalue
+    assert reason == f"best_val_accuracy got worse by Welch's test at 0.05 in 1 row(s): cnn1 (-0.0480, p={p:.4f})"
+    assert "p=" in failed.text.splitlines()[1]  # the delta line says its p-value
+
+
+def test_significance_judges_one_seed_rows_by_the_tolerance(table, tmp_path):
+    new = edit_csv(table, tmp_path / "new.csv", set_value("cnn1", "best_val_accuracy", "0.8255"))
+    result = diff_tables(table, new, fail_on_worse="best_val_accuracy", significance=0.05, tolerance=0.01)
+    assert result.reasons == ["best_val_accuracy got worse by more than 0.01 in 1 row(s): cnn1 (one seed, or a "
+                              "published number, on a side: judged by --tolerance)"]
+    assert diff_tables(table, new, fail_on_worse="best_val_accuracy", significance=0.05, tolerance=0.03).worse is False
+
+
+def test_significance_needs_the_gate_and_a_level(table):
+    with pytest.raises(ConfigError, match="--significance is the level of --fail-on-worse"):
+        diff_tables(table, table, significance=0.05)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        diff_tables(table, table, fail_on_worse="best_val_accuracy", significance=5)
+
+
+def test_cli_significance_exit_status(tmp_path):
+    import subprocess
+    import sys
+
+    from test_report import REPO
+
+    old = seeded_table(tmp_path, "old", [0.80, 0.82, 0.81])
+    noisy = seeded_table(tmp_path, "noisy", [0.79, 0.81, 0.82])
+    worse = seeded_table(tmp_path, "worse", [0.70, 0.71, 0.70])
+    gate = ["--fail-on-worse", "best_val_accuracy", "--significance", "0.05"]
+    run = [sys.executable, "-m", "expkit", "diff", str(old)]
+    passed = subprocess.run(run + [str(noisy), *gate], capture_output=True, text=True, cwd=REPO)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    failed = subprocess.run(run + [str(worse), *gate], capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 1
+    assert "worse: best_val_accuracy got worse by Welch's test at 0.05 in 1 row(s): cnn1 (-0.1067, p=" in failed.stdout

@@ -5,13 +5,14 @@
     run = expkit.run(cfg)            # run.history (DataFrame), run.model, run.record, run.path
     sweep = expkit.sweep("configs/sweep_lr.yaml")
     expkit.table(["runs/cnn1", "runs/cnn2"])
+    expkit.compare(["runs/cnn1", "runs/cnn2"], "cnn1", "cnn2")   # is the difference real? (scipy)
 
 The entry points are loaded on first use, so `import expkit` imports no Keras backend.
 """
 
 from .version import __version__
 
-_API = ("load_config", "run", "resume", "sweep", "table", "Run", "Sweep", "ConfigError")
+_API = ("load_config", "run", "resume", "sweep", "table", "compare", "Run", "Sweep", "ConfigError")
 __all__ = [*_API, "__version__"]
 
 

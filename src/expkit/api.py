@@ -22,7 +22,7 @@ from .repro import config_source
 from .runfolder import RunRecord, read_metrics, read_record
 from .tracking import check_trackers
 
-__all__ = ["load_config", "run", "resume", "sweep", "table", "Run", "Sweep", "ConfigError"]
+__all__ = ["load_config", "run", "resume", "sweep", "table", "compare", "Run", "Sweep", "ConfigError"]
 
 Overrides = Mapping[str, Any] | Iterable[str] | None
 
@@ -235,3 +235,26 @@ def table(paths, *, only_changed: bool = False, baseline: str | None = None):
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     return comparison_table(collect_runs([Path(p) for p in paths]), only_changed=only_changed, baseline=baseline)
+
+
+def compare(paths, a: str | None = None, b: str | None = None, *, baseline: str | None = None,
+            test: str = "auto", metrics: list[str] | None = None, reference: str | os.PathLike | None = None,
+            confidence: float = 0.95):
+    """Tests between rows of the table of `paths`, a DataFrame with a row per metric (report/stats.py):
+    A's mean minus B's, the confidence interval, the two-sided p-value and the test (`auto`, `welch`,
+    `paired`, `bootstrap`); `one seed: no test` in `note` where a row has fewer than 2 seeds. Give `a` and
+    `b` (row labels; `b` may be `<run> (published)` from `reference`), or `baseline` alone: every row
+    against it. Needs scipy (`pip install 'expkit[stats]'`)."""
+    from .report import collect_runs, comparison_table, with_reference
+    from .report.stats import table_tests
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if (a is None) != (b is None) or (a is None and baseline is None):
+        raise ConfigError("expkit.compare: give two row labels a and b, or a baseline to test every row against")
+    runs = collect_runs([Path(p) for p in paths])
+    frame = comparison_table(runs)
+    if reference is not None:
+        frame = with_reference(frame, reference, every=True)
+    return table_tests(runs, frame, compare=[[a, b]] if a is not None else None, compare_all=a is None,
+                       baseline=baseline, test=test, metrics=metrics, confidence=confidence)

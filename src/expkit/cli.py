@@ -149,6 +149,20 @@ def cmd_table(args) -> int:
     if args.difference:
         table = add_differences(table, args.difference)
     text = format_table(table, args.format)
+    tests_text = ""
+    if args.compare or args.compare_all:
+        from .report.stats import format_tests, table_tests
+
+        tests = table_tests(runs, table, compare=args.compare, compare_all=args.compare_all, baseline=args.baseline,
+                            test=args.test)
+        tests_text = format_tests(tests, args.format)
+        if args.output and args.format == "csv":  # its own file: the table's CSV stays one table for `expkit diff`
+            tests_path = Path(args.output).with_suffix(".tests.csv")
+            write_text_atomic(tests_path, tests_text)
+            print(f"tests: {tests_path}", file=sys.stderr)
+            tests_text = ""
+    if tests_text:
+        text += "\n" + tests_text
     if args.output:
         write_text_atomic(args.output, text)
         if args.format == "csv":  # what the runs were made with, for `expkit diff` (report/provenance.py)
@@ -183,7 +197,8 @@ def cmd_report(args) -> int:
     if blocker is not None:
         raise ConfigError(f"-o {out}: {blocker} is a file, not a folder")
     began = time.perf_counter()
-    path = write_html_report([Path(p) for p in args.paths], args.output, baseline=args.baseline, title=args.title)
+    path = write_html_report([Path(p) for p in args.paths], args.output, baseline=args.baseline, title=args.title,
+                             compare=args.compare, compare_all=args.compare_all, test=args.test)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - began:.1f} s)", file=sys.stderr)
     print(path)
     return 0
@@ -193,9 +208,18 @@ def cmd_diff(args) -> int:
     from .diff import diff_tables
 
     result = diff_tables(args.old, args.new, fail_on_worse=args.fail_on_worse, tolerance=args.tolerance,
-                         allow_removed=args.allow_removed)
+                         allow_removed=args.allow_removed, significance=args.significance)
     sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
     return 1 if result.worse else 0
+
+
+def cmd_claims(args) -> int:
+    from .report.claims import check_claims, format_verdicts, load_claims
+
+    significance = load_claims(args.claims_file).significance
+    verdicts = check_claims(args.claims_file, args.paths)
+    sys.stdout.write(format_verdicts(verdicts, significance))
+    return 1 if any(v.failed for v in verdicts) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difference", action="append", metavar="A-B",
                    help="add the row 'Difference (A - B)', A minus B, for two row labels "
                    "(published ones included); repeatable")
-    p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output")
+    p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="add tests of A against B per metric: difference of means, 95%% CI, p-value over seeds "
+                   "(needs scipy: the `stats` extra); repeatable")
+    p.add_argument("--compare-all", action="store_true", help="add tests of every row against --baseline")
+    p.add_argument("--test", choices=["auto", "welch", "paired", "bootstrap"], default="auto",
+                   help="with --compare: Welch's t-test, the paired t-test over common seeds, or a bootstrap "
+                   "interval with a permutation p-value (default auto: paired when the seeds match, else welch)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output "
+                   "(csv: the tests go to FILE's stem + .tests.csv)")
     p.add_argument("--plot", metavar="PNG", help="also draw a bar chart of the runs")
     p.add_argument("--metric", default="best_val_accuracy", help="metric of the bar chart (default: best_val_accuracy)")
     p.set_defaults(func=cmd_table)
@@ -266,9 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.add_argument("--fail-on-worse", metavar="METRIC", help="exit 1 when METRIC got worse by more than --tolerance")
     p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument("--significance", type=float, metavar="LEVEL",
+                   help="with --fail-on-worse: fail only on rows worse by Welch's test over their seeds at this "
+                   "level (0.05; needs scipy); rows with one seed on a side are judged by --tolerance")
     p.add_argument("--allow-removed", action="store_true",
                    help="with --fail-on-worse: rows missing from the new table (or no match at all) do not fail the gate")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("claims", help="a study's claims (claims.yaml) judged on its runs: holds / reversed / not shown; "
+                       "exit 1 when a must_hold claim fails")
+    p.add_argument("claims_file", metavar="FILE", help="the claims file (claims.yaml)")
+    p.add_argument("paths", nargs="+", metavar="RUNS", help="run folders, runs/<name> folders or sweep folders")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("export", help="record existing run folders in TensorBoard or MLflow, as `track` would have")
     p.add_argument("tracker", choices=["tensorboard", "mlflow"])
@@ -281,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="RUN", help="the run others' configs are compared with (label or path; "
                    "default: the first)")
     p.add_argument("--title", help="the page's title (default: the names of the runs)")
+    p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="add tests of A against B over their seeds, as `expkit table --compare`; repeatable")
+    p.add_argument("--compare-all", action="store_true", help="add tests of every row against the baseline")
+    p.add_argument("--test", choices=["auto", "welch", "paired", "bootstrap"], default="auto",
+                   help="the test of --compare (default auto: paired when the seeds match, else welch)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -29,6 +29,7 @@ class MetricDelta:
     verdict: str                 # "better", "worse", "changed" (no direction) or "same"
     spread: float | None = None  # sqrt(std_old² + std_new²) when both sides repeat seeds
     beyond_spread: bool | None = None
+    p_value: float | None = None  # --significance: the one-sided p-value (Welch) that new is worse
 
 
 @dataclass
@@ -54,14 +55,24 @@ class DiffResult:
 
 
 def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_worse: str | None = None,
-                tolerance: float = 0.0, allow_removed: bool = False) -> DiffResult:
+                tolerance: float = 0.0, allow_removed: bool = False, significance: float | None = None) -> DiffResult:
     """Per-metric deltas between two tables. With `fail_on_worse` (a metric name) the result is a gate:
     `worse` is True when that metric got worse by more than `tolerance` on any matched row, when no row
     matched (nothing was compared), or when rows of the old table are missing from the new one (unless
     `allow_removed`). Accuracies: higher is better; losses and seconds: lower is better; a value that
-    became NaN (divergence) is worse."""
+    became NaN (divergence) is worse.
+
+    With `significance` (a level, 0.05) a row whose both sides repeat seeds fails only when the new mean
+    is worse by Welch's test at that level (one-sided, from each side's mean, std and seed count: what
+    the tables hold, so no run folder is needed) and by more than `tolerance`; a row with one seed (or a
+    published number) on a side is judged by `tolerance` alone, as without it."""
     if not math.isfinite(tolerance) or tolerance < 0:  # nan compares False, so it would pass every regression
         raise ConfigError(f"--tolerance must be a finite number >= 0, found {tolerance}")
+    if significance is not None:
+        if fail_on_worse is None:
+            raise ConfigError("--significance is the level of --fail-on-worse's test: give --fail-on-worse METRIC")
+        if not 0 < significance < 1:
+            raise ConfigError(f"--significance must be a level between 0 and 1 (0.05), found {significance}")
     old_cols, old_rows = _read_table(old_csv_path)
     new_cols, new_rows = _read_table(new_csv_path)
     metrics = [m for m in METRICS if m in old_cols and m in new_cols]
@@ -77,6 +88,7 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
     matches = _match(old_rows, new_rows, keys, by_path=by_path)
     rows: list[DiffRow] = []
     worse_rows: list[str] = []
+    tested_rows: list[str] = []  # --significance: rows the test found worse, "label (difference, p)"
     for new in new_rows:
         old = matches.get(id(new))
         key = tuple((k, new[k]) for k in keys)
@@ -90,7 +102,12 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
         change = "changed" if seeds or any(d.verdict != "same" for d in deltas) else "same"
         row = DiffRow(_label(new, keys, new_rows), key, change, deltas, seeds)
         rows.append(row)
-        if fail_on_worse and any(d.metric == fail_on_worse and _worse_by(d) > tolerance for d in deltas):
+        gated = next((d for d in deltas if d.metric == fail_on_worse), None)
+        if gated is not None and significance is not None and _test_worse(gated, old, new):
+            if gated.p_value < significance and _worse_by(gated) > tolerance:
+                tested_rows.append(f"{row.label} ({format_number(gated.metric, gated.delta, signed=True)}, "
+                                   f"p={_p_text(gated.p_value)})")
+        elif gated is not None and _worse_by(gated) > tolerance:
             worse_rows.append(row.label)
     matched_old = {id(o) for o in matches.values()}
     rows += [DiffRow(_label(o, keys, old_rows), tuple((k, o[k]) for k in keys), "removed")
@@ -100,6 +117,12 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
     provenance = compare_provenance(read_provenance(old_csv_path, old_rows), read_provenance(new_csv_path, new_rows))
     text = "".join(f"{line}\n" for line in provenance) + _render(rows, old_cols, new_cols)
     reasons = _gate_failures(rows, fail_on_worse, tolerance, worse_rows, allow_removed) if fail_on_worse else []
+    if tested_rows:
+        beyond = f" and by more than {tolerance:g}" if tolerance else ""
+        reasons.insert(0, f"{fail_on_worse} got worse by Welch's test at {significance:g}{beyond} in "
+                          f"{len(tested_rows)} row(s): {', '.join(tested_rows)}")
+    if significance is not None and worse_rows:  # said apart: these rows had no spread to test
+        reasons[len(tested_rows) > 0] += " (one seed, or a published number, on a side: judged by --tolerance)"
     text += "".join(f"worse: {reason}\n" for reason in reasons)
     return DiffResult(text, bool(reasons), rows, reasons, provenance)
 
@@ -117,6 +140,32 @@ def _gate_failures(rows: list[DiffRow], metric: str, tolerance: float, worse_row
         reasons.append(f"{len(removed)} row(s) of the old table are missing from the new one, so {metric} was not "
                        f"compared there: {', '.join(removed)} (--allow-removed accepts that)")
     return reasons
+
+
+def _seeds(row: dict) -> int:
+    try:
+        return int(float(row.get("seeds") or 0))
+    except ValueError:
+        return 0
+
+
+def _test_worse(d: MetricDelta, old: dict, new: dict) -> bool:
+    """Set d.p_value when both sides repeat seeds (so a test applies) and say whether it did."""
+    sa, sb = _std(old, d.metric), _std(new, d.metric)
+    na, nb = _seeds(old), _seeds(new)
+    if na < 2 or nb < 2 or math.isnan(sa) or math.isnan(sb) or math.isnan(d.delta):
+        return False
+    from .report.stats import welch_worse_p
+
+    p = welch_worse_p(d.old, sa, na, d.new, sb, nb, METRICS[d.metric][1])
+    if math.isnan(p):  # no spread on either side: nothing to test against
+        return False
+    d.p_value = p
+    return True
+
+
+def _p_text(p: float) -> str:
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
 
 
 def _is_key(column: str) -> bool:
@@ -248,4 +297,6 @@ def _render_delta(d: MetricDelta, width: int) -> str:
     if d.spread is not None:
         where = "beyond" if d.beyond_spread else "within"
         text += f"  ({where} the seed spread {format_number(d.metric, d.spread)})"
+    if d.p_value is not None:
+        text += f"  p={_p_text(d.p_value)} (Welch, one-sided: worse)"
     return text

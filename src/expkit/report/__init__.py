@@ -9,6 +9,7 @@ cell formatting) starts without it.
 - `table`: grouping by config, averaging over seeds, difference rows; a sweep's results files
 - `formatting`: Markdown, CSV and LaTeX text at fixed precision
 - `reference`: a report's published numbers (configs/reference/*.csv) as rows beside ours
+- `stats`: tests between rows over their seeds (scipy, imported when asked); `claims`: claims.yaml verdicts
 """
 
 from ..runfolder import FINISHED

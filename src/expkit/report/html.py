@@ -274,8 +274,31 @@ def _sweep_section(sweep: Path, tmp: Path, index: int, beside: str = "") -> str:
             f'<div class="grid">{"".join(parts)}</div>')
 
 
-def render_html_report(paths, *, baseline: str | None = None, title: str | None = None) -> str:
-    """The report page as one HTML string (see the module's docstring)."""
+def _tests_html(tests) -> str:
+    """The tests between rows (report/stats.py): difference, interval, p-value; the note where there is no test."""
+    from .stats import format_p
+
+    head = "".join(f"<th scope=\"col\">{_e(c)}</th>" for c in ("A - B", "metric", "test", "seeds", "difference",
+                                                                  "95% CI", "p"))
+    rows = []
+    for r in tests.to_dict("records"):
+        m = r["metric"]
+        if math.isnan(r["p_value"]) and r["note"]:
+            interval, p = r["note"], ""
+        else:
+            interval = f"[{format_number(m, r['ci_low'], signed=True)}, {format_number(m, r['ci_high'], signed=True)}]"
+            p = format_p(r["p_value"])
+        cells = [f"{r['a']} - {r['b']}", m, r["test"], r["seeds"], format_number(m, r["difference"], signed=True),
+                 interval, p]
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    return (f'<div class="scroll"><table id="tests"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def render_html_report(paths, *, baseline: str | None = None, title: str | None = None,
+                       compare: list[list[str]] | None = None, compare_all: bool = False, test: str = "auto") -> str:
+    """The report page as one HTML string (see the module's docstring). `compare` (pairs of row labels) and
+    `compare_all` (every row against `baseline`, else the first row) add a section of tests between rows."""
     from ..version import __version__
     from .plots import plot_bars
 
@@ -285,6 +308,16 @@ def render_html_report(paths, *, baseline: str | None = None, title: str | None 
     records = runs.to_dict("records")
     columns = _compared(runs.columns)
     base = _find_baseline(records, baseline)
+    tests_section = ""
+    if compare or compare_all:
+        from .stats import table_tests
+
+        against = baseline if baseline is not None else str(table["run"].iloc[0])
+        tests = table_tests(runs, table, compare=compare, compare_all=compare_all, baseline=against, test=test)
+        tests_section = ('<section id="tests-between-rows"><h2>Is the difference real?</h2><p class="meta">Per '
+                         'metric, A\'s mean minus B\'s over their seeds, its 95% confidence interval and two-sided '
+                         f'p-value (scipy.stats; test {_e(test)}: paired when the seeds match).</p>'
+                         f'{_tests_html(tests)}</section>')
     title = title or "expkit report: " + ", ".join(p.name for p in paths)
     when = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     with tempfile.TemporaryDirectory(prefix="expkit-report-") as tmpdir:
@@ -322,6 +355,7 @@ def render_html_report(paths, *, baseline: str | None = None, title: str | None 
 <p class="meta">One row per config (seeds averaged: mean ± standard deviation). Click a column's header to sort by it.</p>
 {_table_html(table)}
 </section>
+{tests_section}
 {f'<section id="plots"><h2>Plots</h2>{plots}</section>' if plots else ""}
 <section id="runs">
 <h2>Runs</h2>
@@ -336,6 +370,7 @@ def render_html_report(paths, *, baseline: str | None = None, title: str | None 
 """
 
 
-def write_html_report(paths, out: str | Path, *, baseline: str | None = None, title: str | None = None) -> Path:
-    """Write the report page to `out` (whole or not at all) and return its path."""
-    return write_text_atomic(out, render_html_report(paths, baseline=baseline, title=title))
+def write_html_report(paths, out: str | Path, *, baseline: str | None = None, title: str | None = None,
+                      **tests) -> Path:
+    """Write the report page to `out` (whole or not at all) and return its path; `tests`: render_html_report's."""
+    return write_text_atomic(out, render_html_report(paths, baseline=baseline, title=title, **tests))

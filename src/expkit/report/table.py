@@ -28,20 +28,12 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
     group's run folders, `;`-separated). `baseline` (a row's `run` label or a run folder's path)
     adds a `Difference (<row> - <baseline>)` row per other row.
     """
-    columns = list(runs_df.columns)
-    cfg_cols = [c for c in columns if c.startswith(CONFIG_PREFIX)]
-    swept = [c for c in columns
-             if c not in RUN_COLUMNS and c not in (GRID, FIT_SHARED) and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
-    compared = [c for c in cfg_cols if is_compared(c[len(CONFIG_PREFIX):]) and c[len(CONFIG_PREFIX):] not in swept]
     records = runs_df.to_dict("records")
+    swept, cfg_cols, compared, groups, configs, labels = _grouped(runs_df, records)
     with_grid = any(_grid(r) for r in records)
     with_shared = any(cell_text(r.get(FIT_SHARED)) for r in records)
-    groups = _group_by_config(records, cfg_cols, compared)
-    # each group's config, from a member that has one (a pending trial has none)
-    configs = [next((m for m in g if _has_config(m, cfg_cols)), None) for g in groups]
     known = [c for c in configs if c is not None]
     changed = [c for c in compared if len({cell_text(k.get(c)) for k in known}) > 1] if only_changed else []
-    labels = _unique_labels(groups, configs, compared)
     rows = []
     for label, members in zip(labels, groups):
         row = {"run": label}
@@ -71,6 +63,31 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
             order.append(FIT_SHARED)  # beside the time it qualifies
     order.append("path")
     return table_frame(rows, order)
+
+
+def _grouped(runs_df, records: list[dict]):
+    """The swept, config and compared columns; the groups of runs that differ only by seed, each
+    group's config (from a member that has one: a pending trial has none) and its row label."""
+    columns = list(runs_df.columns)
+    cfg_cols = [c for c in columns if c.startswith(CONFIG_PREFIX)]
+    swept = [c for c in columns
+             if c not in RUN_COLUMNS and c not in (GRID, FIT_SHARED) and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
+    compared = [c for c in cfg_cols if is_compared(c[len(CONFIG_PREFIX):]) and c[len(CONFIG_PREFIX):] not in swept]
+    groups = _group_by_config(records, cfg_cols, compared)
+    configs = [next((m for m in g if _has_config(m, cfg_cols)), None) for g in groups]
+    return swept, cfg_cols, compared, groups, configs, _unique_labels(groups, configs, compared)
+
+
+def seed_groups(runs_df) -> dict[str, list[dict]]:
+    """Row label -> the finished runs (done or diverged) `comparison_table` averages in that row, one
+    record per seed: what the tests between rows (report/stats.py) test. Labels as the table's; a label
+    two rows share (an earlier grid's trial) keeps the first."""
+    records = runs_df.to_dict("records")
+    *_, groups, _, labels = _grouped(runs_df, records)
+    out: dict[str, list[dict]] = {}
+    for label, members in zip(labels, groups):
+        out.setdefault(label, [m for m in members if m["status"] in FINISHED])
+    return out
 
 
 def table_frame(rows: list[dict], order: list[str]):
@@ -208,6 +225,11 @@ def _difference_rows(rows: list[dict], baseline: str) -> list[dict]:
         diff.update({m: as_float(row[m]) - as_float(base[m]) for m in METRICS})
         diffs.append(diff)
     return diffs
+
+
+def baseline_label(table, baseline: str) -> str:
+    """The label of the table's row `baseline` names (a label or a run folder's path), as --baseline finds it."""
+    return str(_find_baseline(table.to_dict("records"), baseline)["run"])
 
 
 def _find_baseline(rows: list[dict], baseline: str) -> dict:
