@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -305,3 +306,25 @@ def test_successive_halving_drops_lanes_of_a_vectorised_group(tiny_config, tmp_p
     lane_epochs = sum(r.epochs_run for r in records.values())
     print(f"lane-epochs: {lane_epochs} of {9 * 4}")
     assert lane_epochs == 16
+
+
+def test_hyperband_brackets_start_their_rungs_later():
+    from expkit.sweeps.pruning import bracket_of, brackets
+
+    spec = {"type": "hyperband", "metric": "val_accuracy", "min_epochs": 1, "reduction_factor": 3, "startup_trials": 0}
+    assert brackets(spec, 9) == 3 and brackets({**spec, "type": "successive_halving"}, 9) == 1
+    assert [rung_epochs(spec, b, 9) for b in range(3)] == [[1, 3, 9], [3, 9], [9]]
+    ids = [f"{i:010x}" for i in range(30)]
+    assert {bracket_of(spec, i, 9) for i in ids} == {0, 1, 2}  # fixed by the id, every bracket used
+    others = [Competitor([0.1, 0.2, 0.3], False) for _ in range(5)]
+    assert decide(spec, [0.05], others, bracket=1) is False  # bracket 1 judges first at epoch 3
+    assert decide(spec, [0.05, 0.1, 0.2], others, bracket=1) is True
+
+
+def test_the_report_shows_a_search_and_its_pruned_trials(tpe_search, tmp_path):
+    from expkit.report.html import write_html_report
+
+    _, sweep_dir, _ = tpe_search
+    page = Path(write_html_report([sweep_dir], tmp_path / "report.html")).read_text()
+    assert "the objective of each proposal and the best so far" in page
+    assert "the search space in parallel coordinates" in page

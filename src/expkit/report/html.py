@@ -58,6 +58,7 @@ figcaption { color: var(--muted); font-size: .85rem; margin-top: .2rem; }
 .status { display: inline-block; padding: 0 .45rem; border-radius: 9px; font-size: .8rem; background: var(--head); }
 .status.done { color: var(--good); }
 .status.failed, .status.diverged, .status.damaged, .status.interrupted { color: var(--bad); }
+.status.pruned { color: var(--muted); font-style: italic; }
 table.kv td { white-space: normal; overflow-wrap: anywhere; }
 table.kv td:first-child { color: var(--muted); width: 34%; }
 details { margin-top: .5rem; }
@@ -258,6 +259,10 @@ def _sweep_section(sweep: Path, tmp: Path, index: int, beside: str = "") -> str:
     name = sweep_name(sweep)
     wide = _figure(sweep / "sweep.png", f"{name}: metrics against the swept value") \
         if (sweep / "sweep.png").is_file() else ""
+    for png, caption in (("search.png", "the objective of each proposal and the best so far"),
+                         ("parallel.png", "the search space in parallel coordinates, coloured by the objective")):
+        if (sweep / png).is_file():  # a search (sweep.space)
+            parts.append(_figure(sweep / png, f"{name}: {caption}"))
     overlay = sweep / "val_curves.png"
     if not overlay.is_file():
         trials = manifest_trials(sweep)

@@ -120,6 +120,11 @@ def plot_sweep(table, key: str, out_png: str | Path, metric: str = "best_val_acc
             ax.errorbar(x, y, yerr=[s if math.isfinite(s) else 0.0 for s in std], fmt="o-", capsize=3)
         else:
             ax.plot(x, y, "o-")
+        pruned = [i for i, r in enumerate(rows) if "pruned" in str(r.get("status", "")) and math.isfinite(y[i])]
+        if pruned:  # stopped early by sweep.prune: its numbers are of the epochs it ran
+            ax.plot([x[i] for i in pruned], [y[i] for i in pruned], "o", mfc="white", color="0.45", markersize=8,
+                    linestyle="none", label="pruned (epochs so far)")
+            ax.legend(fontsize="small")
         if diverged:
             mark = {"marker": "x", "linestyle": "none", "color": "red", "markersize": 9, "mew": 2}
             at_value = [i for i in diverged if math.isfinite(y[i])]

@@ -86,7 +86,7 @@ def seed_groups(runs_df) -> dict[str, list[dict]]:
     *_, groups, _, labels = _grouped(runs_df, records)
     out: dict[str, list[dict]] = {}
     for label, members in zip(labels, groups):
-        out.setdefault(label, [m for m in members if m["status"] in FINISHED])
+        out.setdefault(label, [m for m in members if m["status"] in AVERAGED])
     return out
 
 
