@@ -261,3 +261,45 @@ def test_plan_nodes_is_pure_and_reads_the_validated_blocks():
     nodes = plan_nodes([{"res": {"units": 3}}], {"res": RESIDUAL})
     assert [(n.type, n.inputs) for n in nodes] == [("dense", (-1,)), ("dropout", (0,)), ("dense", (1,)), ("add", (-1, 2))]
     assert nodes[2].args == {"units": 3, "name": "res_1_main"} and nodes[3].within == "model.blocks.res.layers[3].add"
+
+
+# --- vectorised sweeps ----------------------------------------------------------------------------
+
+
+def _graph_sweep(tiny_config, sweep, frozen=True, **train):
+    from test_vectorize import needs_jax, sweep_cfg
+
+    if needs_jax.args[0]:
+        pytest.skip(needs_jax.kwargs["reason"])
+    graph = {**tiny_config, "model": {"blocks": {"res": RESIDUAL}, "layers": [
+        {"flatten": {}}, {"dense": {"units": 4, "trainable": not frozen}}, {"res": {"rate": 0.1}},
+        {"dense": {"units": 3, "activation": "softmax"}}]}}
+    return sweep_cfg(graph, sweep, **train)
+
+
+def test_a_graph_trains_in_a_vectorised_group(tiny_config, tmp_path):
+    from expkit.runfolder import read_record
+    from expkit.sweeps.driver import run_sweep
+
+    cfg = _graph_sweep(tiny_config, {"grid": {"model.layers[2].res.rate": [0.1, 0.3]}, "vectorize": True}, epochs=1)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path, log=fh)
+    assert counts == {"done": 2}, log.read_text()
+    assert "2 trials as one JAX program" in log.read_text()
+    records = [read_record(p) for p in sweep_dir.iterdir() if (p / "results.json").exists()]
+    assert len(records) == 2
+    for record in records:  # the first dense layer frozen: trained in the group all the same
+        assert record.extra["vectorized"]["trials"] == 2
+        assert (record.params, record.trainable_params) == (64 * 4 + 4 + 2 * 20 + 15, 2 * 20 + 15)
+
+
+@pytest.mark.slow
+def test_a_graph_trains_in_a_vectorised_group_as_its_trials_do_one_at_a_time(tiny_config, tmp_path):
+    """A block with a skip connection, its dropout rate swept: one JAX program whose every epoch equals
+    the trials trained alone on JAX."""
+    from test_vectorize import equal_to_one_at_a_time
+
+    cfg = _graph_sweep(tiny_config, {"grid": {"model.layers[2].res.rate": [0.1, 0.3]}, "seeds": [3, 4], "vectorize": True}, epochs=2)
+    log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 4})
+    assert "4 trials as one JAX program" in log
