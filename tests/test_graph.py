@@ -163,13 +163,15 @@ def test_a_stack_of_blocks_without_inputs_is_sequential_and_a_frozen_use_freezes
      "model.blocks.res.layers[0].dense.units", "'$unit' is not a parameter of block 'res'"),
     ([{"res": {}}], {"res": {"layers": [{"dense": {"units": 3, "inputs": "nope"}}]}},
      "model.blocks.res.layers[0].dense.inputs", "no earlier layer is named 'nope'"),
-    ([{"loop": {}}], {"loop": {"layers": [{"loop": {}}]}}, None, "uses itself"),
+    ([{"loop": {}}], {"loop": {"layers": [{"loop": {}}]}}, "model.blocks.loop.layers[0].loop", "uses itself"),
+    ([{"res": 3}], {"res": RESIDUAL}, "model.layers[0].res", "takes a mapping of its parameters"),
+    ([{"res": {"trainable": "no"}}], {"res": RESIDUAL}, "model.layers[0].res.trainable", "true or false"),
     ([{"dense": 3}], {"dense": {"layers": [{"dense": 3}]}}, "model.blocks.dense", "is a layer type"),
     ([{"res": {"name": "x"}}, {"res": {"name": "x"}}], {"res": RESIDUAL}, "model.layers[1].res.name", "already names"),
 ])
 def test_block_mistakes_name_the_key_path(layers, blocks, path, words):
     err = error(layers, blocks)
-    assert words in err.message and (path is None or err.path == path), str(err)
+    assert words in err.message and err.path == path, str(err)
 
 
 def test_a_block_layer_keras_rejects_names_the_use_and_the_blocks_layer():
@@ -232,6 +234,18 @@ def test_pretrained_weights_beside_the_config_load_and_frozen_layers_stay_unchan
     assert (run.record.params, run.record.trainable_params) == (8 * 64 + 8 + 27, 27)
     summary = (run.path / "summary.txt").read_text()
     assert "Trainable params: 27" in summary and "Non-trainable params: 520" in summary
+
+
+def test_weights_files_are_read_beside_the_file_that_names_them(write_yaml, tmp_path):
+    (tmp_path / "base").mkdir()
+    base = {"model": {"weights": "w.weights.h5", "layers": [
+        {"application": {"name": "MobileNet", "weights": "backbone.weights.h5"}}, {"dense": 10}]}}
+    (tmp_path / "base" / "base.yaml").write_text(yaml.safe_dump(base))
+    child = load_config(write_yaml("child.yaml", {"extends": "base/base.yaml"}))
+    assert child.model.weights == str(tmp_path / "base" / "w.weights.h5")
+    assert child.model.layers[0]["application"]["weights"] == str(tmp_path / "base" / "backbone.weights.h5")
+    imagenet = load_config(write_yaml("i.yaml", {"model": {"layers": [{"application": {"name": "MobileNet", "weights": "imagenet"}}]}}))
+    assert imagenet.model.layers[0]["application"]["weights"] == "imagenet"
 
 
 def test_a_weights_file_that_does_not_fit_names_model_weights(tmp_path):

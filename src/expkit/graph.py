@@ -114,9 +114,10 @@ def _expand_use(block_name, args, inputs, blocks, nodes, *, where, at, prefix, t
         raise ConfigError(f"blocks nest more than {MAX_DEPTH} deep: block '{block_name}' uses itself "
                           "(directly or through another block)", path=where)
     block = blocks[block_name]
-    given = dict(args or {})
     if not isinstance(args, (dict, type(None))):
-        raise ConfigError(f"a block takes a mapping of its parameters, found {args!r}", path=where)
+        raise ConfigError(f"a block's use takes a mapping of its parameters, like {{filters: 32}}; found {args!r}",
+                          path=where)
+    given = dict(args or {})
     if len(inputs) != 1:
         raise ConfigError(f"a block takes one input, found {len(inputs)}", path=(*where, "inputs"))
     name = given.pop("name", None)
