@@ -167,6 +167,8 @@ def test_a_stack_of_blocks_without_inputs_is_sequential_and_a_frozen_use_freezes
     ([{"res": 3}], {"res": RESIDUAL}, "model.layers[0].res", "takes a mapping of its parameters"),
     ([{"res": {"trainable": "no"}}], {"res": RESIDUAL}, "model.layers[0].res.trainable", "true or false"),
     ([{"dense": 3}], {"dense": {"layers": [{"dense": 3}]}}, "model.blocks.dense", "is a layer type"),
+    ([{"resid": {}}], {"res": RESIDUAL}, "model.layers[0]", "unknown layer type or block 'resid'; did you mean block 'res'?"),
+    ([{"res": {}}], {"res": {"param": {}, "layers": [{"dense": 3}]}}, "model.blocks.res.param", "did you mean 'params'?"),
     ([{"res": {"name": "x"}}, {"res": {"name": "x"}}], {"res": RESIDUAL}, "model.layers[1].res.name", "already names"),
 ])
 def test_block_mistakes_name_the_key_path(layers, blocks, path, words):

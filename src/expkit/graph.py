@@ -79,7 +79,7 @@ def _expand(specs, blocks, nodes, *, scope_input, paths, use, prefix, trainable,
     for i, spec in enumerate(specs):
         path = paths(i)
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in blocks):
-            check_layer_spec(spec, i, path=path)
+            _check_layer(spec, i, path, blocks)
         (kind, args), = spec.items()
         where = (*path, kind)
         own = _declared_name(kind, args)
@@ -106,6 +106,19 @@ def _expand(specs, blocks, nodes, *, scope_input, paths, use, prefix, trainable,
             names[own] = index
         previous = index
     return previous
+
+
+def _check_layer(spec, index: int, path: tuple, blocks: dict) -> None:
+    try:
+        check_layer_spec(spec, index, path=path)
+    except ConfigError as exc:
+        kind = next(iter(spec)) if isinstance(spec, dict) and len(spec) == 1 else None
+        if not blocks or not isinstance(kind, str) or not exc.message.startswith("unknown layer type"):
+            raise
+        hint = did_you_mean(kind, blocks)
+        message = (f"unknown layer type or block '{kind}'{hint.replace('mean', 'mean block')}" if hint
+                   else f"{exc.message}; blocks: {', '.join(blocks)}")
+        raise ConfigError(message, path=exc.path) from None
 
 
 def _expand_use(block_name, args, inputs, blocks, nodes, *, where, at, prefix, trainable, uses, depth) -> int:

@@ -168,13 +168,17 @@ def _describe_error(err: dict, model_cls) -> tuple[str, str]:
 
 def _known_keys(model_cls, parent: list) -> list[str]:
     cls = model_cls
-    for part in parent:
+    parts = list(parent)
+    while parts:
+        part = parts.pop(0)
         if isinstance(part, int) or cls is None:
             return []
         field = cls.model_fields.get(part)
         if field is None:
             return []
         cls = _section_class(field.annotation)
+        if getattr(field.annotation, "__origin__", None) is dict and parts:
+            parts.pop(0)  # a mapping of sections (model.blocks.<name>): its key is the user's name
     return list(cls.model_fields) if cls is not None else []
 
 
