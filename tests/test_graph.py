@@ -261,16 +261,25 @@ def test_a_weights_file_that_does_not_fit_names_model_weights(tmp_path):
         assert info.value.path == "model.weights" and words in info.value.message
 
 
-def test_a_frozen_application_counts_as_keras_counts():
-    config = cfg([{"application": {"name": "MobileNet", "alpha": 0.25, "include_top": False, "pooling": "avg",
-                                   "trainable": False}}, {"dense": {"units": 3, "activation": "softmax"}}])
-    model = build_model(config, (32, 32, 3), 3)
+def test_a_frozen_application_reads_its_weights_beside_the_config_and_counts_as_keras_counts(write_yaml, tmp_path):
+    import keras
+
+    app = {"name": "MobileNet", "alpha": 0.25, "include_top": False, "pooling": "avg", "input_shape": [32, 32, 3]}
+    pretrained = keras.applications.MobileNet(**{k: v for k, v in app.items() if k != "name"}, weights=None)
+    pretrained.save_weights(tmp_path / "backbone.weights.h5")
+    path = write_yaml("ft.yaml", {"model": {"input_shape": [32, 32, 3], "layers": [
+        {"application": {**app, "weights": "backbone.weights.h5", "trainable": False}},
+        {"dense": {"units": 10, "activation": "softmax"}}]}})
+    model = build_model(load_config(path), (32, 32, 3), 10)
     backbone = model.layers[0]
+    assert len(backbone.weights) == len(pretrained.weights)
+    for mine, theirs in zip(backbone.weights, pretrained.weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
     assert backbone.trainable is False and backbone.trainable_weights == []
     total, trainable = count_params(model)
-    assert trainable == 256 * 3 + 3
+    assert trainable == 256 * 10 + 10
     assert total == backbone.count_params() + trainable
-    assert f"Trainable params: {trainable}" in summary_text(model)
+    assert f"Trainable params: {trainable:,}" in summary_text(model)
 
 
 def test_plan_nodes_is_pure_and_reads_the_validated_blocks():
