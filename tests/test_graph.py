@@ -236,6 +236,10 @@ def test_pretrained_weights_beside_the_config_load_and_frozen_layers_stay_unchan
     assert (run.record.params, run.record.trainable_params) == (8 * 64 + 8 + 27, 27)
     summary = (run.path / "summary.txt").read_text()
     assert "Trainable params: 27" in summary and "Non-trainable params: 520" in summary
+    import keras
+
+    saved = keras.saving.load_model(run.path / "model.keras")  # the frozen layer stays frozen
+    assert [layer.trainable for layer in saved.layers] == [True, False, True]
 
 
 def test_weights_files_are_read_beside_the_file_that_names_them(write_yaml, tmp_path):
@@ -328,3 +332,27 @@ def test_a_graph_trains_in_a_vectorised_group_as_its_trials_do_one_at_a_time(tin
     cfg = _graph_sweep(tiny_config, {"grid": {"model.layers[2].res.rate": [0.1, 0.3]}, "seeds": [3, 4], "vectorize": True}, epochs=2)
     log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 4})
     assert "4 trials as one JAX program" in log
+
+
+@pytest.mark.slow  # three tiny runs: about 20 s on an idle 2-core machine
+def test_an_interrupted_graph_run_with_frozen_layers_resumes_to_the_uninterrupted_numbers(tiny_config, tmp_path, monkeypatch):
+    import keras
+
+    import expkit
+    from expkit.runner import run_experiment
+    from test_checkpoint import interrupt_in_epoch, rows
+
+    graph = {**tiny_config, "model": {"blocks": {"res": RESIDUAL}, "layers": [
+        {"flatten": {}}, {"dense": {"units": 4, "trainable": False}}, {"res": {"rate": 0.2}},
+        {"dense": {"units": 3, "activation": "softmax"}}]}, "train": {**tiny_config["train"], "epochs": 3}}
+    whole = run_experiment(validate(graph), runs_dir=tmp_path / "whole")
+    interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate(graph), runs_dir=tmp_path / "cut")
+    monkeypatch.undo()
+    (cut,) = (tmp_path / "cut" / "tiny").iterdir()
+    resumed = expkit.resume(cut)
+    assert resumed.status == "done" and rows(cut) == rows(whole.path) and len(rows(cut)) == 3
+    saved = keras.saving.load_model(cut / "model.keras")
+    assert not isinstance(saved, keras.Sequential) and saved.get_layer("res_1_main").trainable
+    assert count_params(saved) == (64 * 4 + 4 + 40 + 15, 40 + 15)
