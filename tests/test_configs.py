@@ -33,6 +33,7 @@ class Built:
     trainable: int
     layers: tuple  # (class, output shape without the batch axis, params) per layer
     output: tuple
+    sequential: bool  # a keras.Sequential stack (every config without a graph)
 
 
 def describe(cfg) -> Built:
@@ -43,8 +44,9 @@ def describe(cfg) -> Built:
     rows = tuple((cls, shape[1:], params) for _, cls, shape, params in layer_table(model))
     out = output_shape(model)
     shape = tuple(model.inputs[0].shape[1:])
+    sequential = isinstance(model, keras.Sequential)
     keras.backend.clear_session()
-    return Built(shape, total, trainable, rows, out)
+    return Built(shape, total, trainable, rows, out, sequential)
 
 
 @lru_cache(maxsize=None)
@@ -108,6 +110,17 @@ def test_config_data_section_loads_stand_in_data_of_the_real_shape(name):
     assert len(ds.x_train) == min(80, cfg.data.limit or 80) - len(ds.x_val)
     if cfg.data.validation_split == 0.0:
         assert len(ds.x_val) == 0
+
+
+def _writes_a_graph(cfg) -> bool:
+    return bool(cfg.model.blocks) or any(isinstance(args, dict) and "inputs" in args
+                                         for spec in cfg.model.layers for args in spec.values())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_without_a_graph_build_the_sequential_stack_they_always_did(name):
+    # Names, inputs and blocks are the only way to a functional model: every older config is as it was.
+    assert built(name).sequential is not _writes_a_graph(load_config(CONFIG_DIR / name))
 
 
 def test_readme_lists_every_config():
@@ -247,6 +260,45 @@ def test_fer_resnets_take_48x48x1_and_output_7_classes(name):
     assert app["application"]["weights"] is None
     assert tuple(cfg.model.input_shape) == (48, 48, 1)
     assert built(name).output == (None, 7)
+
+
+def resnet20_v1_in_keras():
+    """CIFAR-10's ResNet v1 with 20 layers in plain Keras, as Keras' cifar10_resnet example writes it."""
+    import keras
+    from keras import layers
+
+    def conv(x, filters, kernel=3, strides=1):
+        return layers.Conv2D(filters, kernel, strides=strides, padding="same", kernel_initializer="he_normal",
+                             kernel_regularizer=keras.regularizers.l2(1e-4))(x)
+
+    inputs = keras.Input((32, 32, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(conv(inputs, 16)))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            strides = 2 if stage and not block else 1
+            y = layers.ReLU()(layers.BatchNormalization()(conv(x, filters, strides=strides)))
+            y = layers.BatchNormalization()(conv(y, filters))
+            if strides == 2:
+                x = conv(x, filters, kernel=1, strides=2)
+            x = layers.ReLU()(layers.Add()([x, y]))
+    x = layers.Flatten()(layers.AveragePooling2D(8)(x))
+    return keras.Model(inputs, layers.Dense(10, activation="softmax", kernel_initializer="he_normal")(x))
+
+
+def test_resnet20_config_is_the_plain_keras_resnet20():
+    import keras
+
+    from expkit.models import count_params, layer_table
+
+    reference = resnet20_v1_in_keras()
+    rows = sorted((cls, shape[1:], params) for _, cls, shape, params in layer_table(reference))
+    total, trainable = count_params(reference)
+    keras.backend.clear_session()
+    model = built("resnet20_cifar10.yaml")
+    assert (model.total, model.trainable) == (total, trainable) == (274_442, 273_066)
+    assert sorted(model.layers) == rows  # the same layers, shapes and parameters (in another order)
+    assert [cls for cls, *_ in model.layers].count("Conv2D") == 19 + 2  # 19 convolutions and 2 projections
+    assert model.output == (None, 10)
 
 
 def test_cnn004_matches_seed_004_code():

@@ -19,6 +19,7 @@ from .registry import Registry
 class LayerKind:
     keras_class: str           # class in keras.layers, or "application"
     main_arg: str | None       # the argument a scalar/list shorthand fills
+    merge: bool = False        # takes a list of several inputs (a graph's `inputs: [a, b]`)
 
 
 LAYERS: Registry[LayerKind] = Registry("layer type")
@@ -60,6 +61,20 @@ for _name, _cls, _main in [
 ]:
     LAYERS.add(_name, LayerKind(_cls, _main))
 
+# Keras' merge layers: called on a list of tensors, so only a graph (`inputs: [a, b]`) can use them.
+MERGE_CLASSES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot"}
+for _name, _cls, _main in [
+    ("add", "Add", None),
+    ("subtract", "Subtract", None),
+    ("multiply", "Multiply", None),
+    ("average", "Average", None),
+    ("maximum", "Maximum", None),
+    ("minimum", "Minimum", None),
+    ("concatenate", "Concatenate", "axis"),
+    ("dot", "Dot", "axes"),
+]:
+    LAYERS.add(_name, LayerKind(_cls, _main, merge=True))
+
 # Short names people type, mapped to the registry's names.
 ALIASES = {
     "batchnorm": "batch_normalization",
@@ -86,9 +101,15 @@ def resolve_type(name: str) -> tuple[str, LayerKind | None]:
     raise AssertionError("unreachable")
 
 
-def check_layer_spec(spec: Any, index: int) -> None:
-    """Structural check of one layer spec; raises ConfigError naming model.layers[index]."""
-    path = ("model", "layers", index)
+def is_merge(name: str) -> bool:
+    """Whether a layer type (a registry name, an alias or a Keras class) merges several inputs."""
+    canonical, kind = resolve_type(name)
+    return kind.merge if kind is not None else canonical in MERGE_CLASSES
+
+
+def check_layer_spec(spec: Any, index: int, path: tuple | None = None) -> None:
+    """Structural check of one layer spec; raises ConfigError naming model.layers[index] (or `path`)."""
+    path = tuple(path) if path is not None else ("model", "layers", index)
     if not isinstance(spec, dict) or len(spec) != 1:
         found = f"a mapping with {len(spec)} keys" if isinstance(spec, dict) else repr(spec)
         raise ConfigError(f"each layer is a single-key mapping like {{dense: {{units: 64}}}}; found {found}", path=path)
@@ -189,4 +210,8 @@ def _application(kwargs: dict, input_shape: tuple):
         raise ValueError(f"keras.applications has no model '{app_name}'{did_you_mean(app_name, known)}")
     kwargs.setdefault("weights", None)  # pretrained weights need a download; ask for them explicitly
     kwargs.setdefault("input_shape", tuple(input_shape))
-    return factory(**kwargs)
+    # The application functions take no `trainable`: a frozen backbone is the built model, frozen.
+    trainable = kwargs.pop("trainable", True)
+    model = factory(**kwargs)
+    model.trainable = bool(trainable)
+    return model

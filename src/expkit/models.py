@@ -1,4 +1,5 @@
-"""Layer specs -> a keras.Sequential model, with every Keras complaint attributed to model.layers[i]."""
+"""Layer specs -> a keras.Sequential model (a graph: a functional keras.Model), with every Keras complaint
+attributed to model.layers[i]."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import re
 
 from .config import ExperimentConfig
 from .errors import ConfigError, first_line
-from .layers import build_layer, layer_arguments
+from .graph import MODEL_INPUT, is_chain, plan_nodes
+from .layers import build_layer, is_merge, layer_arguments
 from .registry import did_you_mean
 
 # Losses whose targets are class indices or one-hot vectors: the output must have one unit per class.
@@ -23,44 +25,72 @@ def keras_model_name(name: str) -> str:
 def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | None):
     """Build the model; an impossible architecture is a ConfigError naming the layer.
 
-    `num_classes` None (data not at hand) skips the output-size check.
+    A stack (no layer names another as input) is a keras.Sequential, as it always was; a graph (skip
+    connections, merges, blocks that branch) is a functional keras.Model. `num_classes` None (data
+    not at hand) skips the output-size check.
     """
     import keras
 
     if cfg.model.input_shape is not None:
         input_shape = tuple(cfg.model.input_shape)
-    x = keras.Input(shape=tuple(input_shape))
-    built = []
-    for i, spec in enumerate(cfg.model.layers):
-        (name, args), = spec.items()
-        path = ("model", "layers", i, name)
-        if i == len(cfg.model.layers) - 1 and cfg.train.precision != "float32" and isinstance(args, dict) and "dtype" not in args:
-            args = {**args, "dtype": "float32"}  # softmax and loss in float32 under mixed precision
-        try:
-            layer = build_layer(name, args, tuple(x.shape[1:]))
-            x = layer(x)
-        except ConfigError as exc:
-            raise exc if exc.path else ConfigError(exc.message, path=path) from None
-        except Exception as exc:  # Keras reports bad arguments and shapes with many exception types
-            raise ConfigError(f"Keras rejected this layer: {first_line(exc)}", path=path) from None
-        shape = tuple(x.shape)
-        if any(d is not None and d < 1 for d in shape[1:]):
-            raise ConfigError(
-                f"output shape {shape} has a dimension below 1: the input shrank away "
-                "(fewer strides, smaller kernels or padding: same)", path=path)
-        built.append(layer)
-
-    out_units = x.shape[-1]
-    last = len(cfg.model.layers) - 1
-    (last_name, _), = cfg.model.layers[last].items()
+    nodes = plan_nodes(cfg.model.layers, cfg.model.blocks)
+    model_input = keras.Input(shape=tuple(input_shape))
+    built, outputs = _build_nodes(cfg, nodes, model_input)
+    x, last = outputs[-1], nodes[-1]
     if cfg.train.loss in CLASS_LOSSES and num_classes is not None and len(x.shape) != 2:
         raise ConfigError(
             f"the output shape is {tuple(x.shape)}; a classifier needs (None, {num_classes}): "
-            "add flatten or global pooling before the dense layers", path=("model", "layers", last, last_name))
-    if cfg.train.loss in CLASS_LOSSES and num_classes is not None and out_units != num_classes:
-        raise ConfigError(_class_count_mismatch(cfg, out_units, num_classes), path=("model", "layers", last, last_name))
-    model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=keras_model_name(cfg.name))
+            "add flatten or global pooling before the dense layers", path=last.path)
+    if cfg.train.loss in CLASS_LOSSES and num_classes is not None and x.shape[-1] != num_classes:
+        raise ConfigError(_class_count_mismatch(cfg, x.shape[-1], num_classes), path=last.path)
+    if is_chain(nodes):
+        model = keras.Sequential([keras.Input(shape=tuple(input_shape)), *built], name=keras_model_name(cfg.name))
+    else:
+        try:
+            model = keras.Model(model_input, x, name=keras_model_name(cfg.name))
+        except Exception as exc:  # e.g. two layers of one name
+            raise ConfigError(f"Keras rejected the graph: {first_line(exc)}", path=("model", "layers")) from None
+    if cfg.model.weights is not None:
+        load_weights(model, cfg.model.weights)
     return model
+
+
+def _build_nodes(cfg: ExperimentConfig, nodes: list, model_input) -> tuple[list, list]:
+    """(layers, output tensors), one per node, each layer called on its nodes' outputs."""
+    built, outputs = [], []
+    for i, node in enumerate(nodes):
+        args = node.args
+        if i == len(nodes) - 1 and cfg.train.precision != "float32" and isinstance(args, dict) and "dtype" not in args:
+            args = {**args, "dtype": "float32"}  # softmax and loss in float32 under mixed precision
+        inputs = [model_input if k == MODEL_INPUT else outputs[k] for k in node.inputs]
+        inner = f"{node.within}: " if node.within else ""  # a block's layer: the use is the path
+        try:
+            layer = build_layer(node.type, args, tuple(inputs[0].shape[1:]))
+            x = layer(inputs if is_merge(node.type) else inputs[0])
+        except ConfigError as exc:
+            raise exc if exc.path else ConfigError(inner + exc.message, path=node.path) from None
+        except Exception as exc:  # Keras reports bad arguments and shapes with many exception types
+            raise ConfigError(f"{inner}Keras rejected this layer: {first_line(exc)}", path=node.path) from None
+        shape = tuple(x.shape)
+        if any(d is not None and d < 1 for d in shape[1:]):
+            raise ConfigError(
+                f"{inner}output shape {shape} has a dimension below 1: the input shrank away "
+                "(fewer strides, smaller kernels or padding: same)", path=node.path)
+        built.append(layer)
+        outputs.append(x)
+    return built, outputs
+
+
+def load_weights(model, path: str) -> None:
+    """Pretrained weights into the built model (fine-tuning); a missing or mismatched file is a ConfigError."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ConfigError(f"no weights file at {path}", path=("model", "weights"))
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # Keras reports a mismatch with ValueError, a bad file with OSError and others
+        raise ConfigError(f"cannot load {path} into this model: {first_line(exc)}", path=("model", "weights")) from None
 
 
 def _class_count_mismatch(cfg: ExperimentConfig, out_units: int, num_classes: int) -> str:

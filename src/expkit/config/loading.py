@@ -100,6 +100,7 @@ def load_raw(path: str | Path) -> dict:
         chain.append(resolved)
         raw = read_yaml(path)
         raw.pop("$schema", None)  # for editors (json_schema allows it); not part of the experiment
+        resolve_weight_files(raw, path.parent)
         base_ref = raw.pop("extends", None)
         layers.append(raw)
         if base_ref is None:
@@ -117,6 +118,33 @@ def load_raw(path: str | Path) -> dict:
         merged.pop("name", None)  # a child is its own experiment, named after its own file
         merged = deep_merge(merged, layers.pop())
     return merged
+
+
+def resolve_weight_files(raw: dict, folder: Path) -> None:
+    """Make the weights files a config names (model.weights, an application's `weights`) absolute, read
+    beside that file: each file of an `extends` chain names its own, and the run's config.yaml, read
+    from another folder on --resume, still finds them. 'imagenet' (a download) is left as it is."""
+    import os
+
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return
+
+    def absolute(value):
+        if isinstance(value, str) and value and value != "imagenet" and not value.startswith("$"):
+            return os.path.abspath(folder / os.path.expanduser(value))
+        return value
+
+    if "weights" in model:
+        model["weights"] = absolute(model["weights"])
+    blocks = model.get("blocks")
+    specs = list(model.get("layers") or []) if isinstance(model.get("layers"), list) else []
+    if isinstance(blocks, dict):
+        specs += [s for b in blocks.values() if isinstance(b, dict) and isinstance(b.get("layers"), list) for s in b["layers"]]
+    for spec in specs:
+        args = spec.get("application") if isinstance(spec, dict) else None
+        if isinstance(args, dict) and "weights" in args:
+            args["weights"] = absolute(args["weights"])
 
 
 def _describe_error(err: dict, model_cls) -> tuple[str, str]:
@@ -140,13 +168,17 @@ def _describe_error(err: dict, model_cls) -> tuple[str, str]:
 
 def _known_keys(model_cls, parent: list) -> list[str]:
     cls = model_cls
-    for part in parent:
+    parts = list(parent)
+    while parts:
+        part = parts.pop(0)
         if isinstance(part, int) or cls is None:
             return []
         field = cls.model_fields.get(part)
         if field is None:
             return []
         cls = _section_class(field.annotation)
+        if getattr(field.annotation, "__origin__", None) is dict and parts:
+            parts.pop(0)  # a mapping of sections (model.blocks.<name>): its key is the user's name
     return list(cls.model_fields) if cls is not None else []
 
 

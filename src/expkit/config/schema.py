@@ -179,23 +179,50 @@ class TrainConfig(Section):
         return v
 
 
+class BlockConfig(Section):
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameter name -> default; `$name` inside the block's layers is its value.")
+    layers: list[Any] = Field(description="The block's layer specs, as in model.layers (names and inputs are "
+                              "local to the block; `input` is the block's input).")
+
+    @field_validator("layers")
+    @classmethod
+    def _has_layers(cls, layers):
+        if not layers:
+            raise ValueError("needs at least one layer")
+        return layers
+
+
 class ModelConfig(Section):
-    layers: list[Any] = Field(description="One single-key mapping per layer: {type: arguments}.")
+    layers: list[Any] = Field(description="One single-key mapping per layer: {type: arguments}; `name` and "
+                              "`inputs` (earlier layers' names) make a graph; a block's name uses the block.")
     input_shape: list[int] | None = Field(None, description="Override the input shape the dataset implies.")
+    blocks: dict[str, BlockConfig] = Field(
+        default_factory=dict, description="Reusable blocks with parameters, used by name in `layers` "
+        "(`- residual: {filters: 32}`); see README's residual block.")
+    weights: str | None = Field(
+        None, description="A Keras weights file (.weights.h5) loaded into the built model, e.g. pretrained "
+        "weights to fine-tune; a relative path is read beside the config file that names it.")
 
     @field_validator("layers")
     @classmethod
     def _layers_shape(cls, layers):
-        from ..layers import check_layer_spec
-
         if not layers:
             raise ValueError("needs at least one layer")
-        # check_layer_spec raises ConfigError, which pydantic does not catch: it escapes with its
-        # own model.layers[i] path instead of being folded into a ValidationError.
         for i, spec in enumerate(layers):
-            check_layer_spec(spec, i)
             refuse_non_finite(spec, ["model", "layers", i])
         return layers
+
+    @model_validator(mode="after")
+    def _graph(self):
+        from ..graph import plan_nodes
+
+        # plan_nodes raises ConfigError, which pydantic does not catch: it escapes with its own
+        # model.layers[i] path instead of being folded into a ValidationError.
+        for name, block in self.blocks.items():
+            refuse_non_finite(block.model_dump(), ["model", "blocks", name])
+        plan_nodes(self.layers, self.blocks)
+        return self
 
 
 def _same_value_key(value: Any) -> str:
@@ -379,6 +406,9 @@ class ExperimentConfig(Section):
         data = self.model_dump(mode="json")
         if data["provenance"] is None:  # an unmarked config resolves (and its trials hash) as before the key existed
             del data["provenance"]
+        for key, unset in (("blocks", {}), ("weights", None)):  # likewise for a model without them
+            if data["model"][key] == unset:
+                del data["model"][key]
         return data
 
 
