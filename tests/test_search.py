@@ -209,6 +209,8 @@ def test_a_search_stopped_mid_trial_resumes_to_the_same_search(tpe_search, tmp_p
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
+    # the sweep folder is named, and how to go on (the search's study included)
+    assert f"finished trials are kept in the sweep folder {sweep_dir.absolute()}" in err and "Traceback" not in err
     cut = [s.parent.name for s in sweep_dir.glob("*/status.json") if json.loads(s.read_text())["status"] == "interrupted"]
     assert len(cut) == 1
     assert [state for _, state, _ in proposals(sweep_dir)] == ["COMPLETE", "COMPLETE", "RUNNING"]
@@ -280,6 +282,7 @@ def test_successive_halving_drops_lanes_of_a_vectorised_group(tiny_config, tmp_p
 
     monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
     monkeypatch.setattr(plan, "lane_count", lambda groups: 1)  # one program (not one per core): its sizes are known
+    monkeypatch.setenv("EXPKIT_RECOMPILE_PAYS", "0")  # tiny data: a recompilation never pays; forced here
     cfg = validate({**tiny_config, "name": "halving", "train": {**tiny_config["train"], "epochs": 4},
                     "sweep": {"grid": {"train.learning_rate": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001,
                                                                0.00003]},

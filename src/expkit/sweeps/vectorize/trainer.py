@@ -11,6 +11,7 @@ metrics.csv rows and stops a trial whose loss turns NaN. Keras callbacks see eac
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +22,12 @@ import numpy as np
 from ...stopping import check as check_stop
 from ...train import TrainResult, make_callbacks, epoch_order, eval_batch_size, make_optimizer
 from .program import Program, find_knobs
+
+# Dropping pruned lanes recompiles the program for the rest: done when the training it saves (the
+# lanes' share of an epoch, times the epochs left) outweighs this many times the compilation it costs;
+# otherwise the pruned lanes stay in the program, masked, as early-stopped ones do. $EXPKIT_RECOMPILE_PAYS
+# sets it (0: always recompile) in the JAX processes, which inherit the environment.
+RECOMPILE_PAYS = float(os.environ.get("EXPKIT_RECOMPILE_PAYS", "1.0"))
 
 
 @dataclass
@@ -279,6 +286,7 @@ class GroupTrainer:
                 self._resume(m, epochs)
         diverged = jnp.zeros(len(self.members), bool)
         for epoch in range(min((m.start for m in self.members if m.active), default=epochs), epochs):
+            began = time.perf_counter()
             live = [m for m in self.members if m.active and m.start <= epoch]
             if not live:
                 break
@@ -310,7 +318,8 @@ class GroupTrainer:
             cut = [m for m in live if m.active and m.prune is not None and not m.result.diverged
                    and m.prune(m.result.history)]
             if cut:
-                diverged = diverged[self.drop(cut, started)]
+                kept = self.drop(cut, started, epoch_seconds=time.perf_counter() - began, left=epochs - epoch - 1)
+                diverged = diverged if kept is None else diverged[kept]
         for m in self.members:
             for cb in m.callbacks:
                 cb.on_train_end()
@@ -319,13 +328,21 @@ class GroupTrainer:
             if es is not None and not m.result.diverged:
                 m.result.stopped_early = len(m.result.history) < epochs
 
-    def drop(self, cut: list[Member], started: float):
-        """Stop the members `cut` (pruned) and go on with the others in a smaller program, compiled for
-        them, so the compute falls with each lane dropped. A dropped member ends as a trial stopped
-        alone ends: its callbacks' train end (early stopping's best weights), its test scores with the
-        weights it has now. Returns the indices (in the old stacking) of the members kept."""
+    def drop(self, cut: list[Member], started: float, epoch_seconds: float = math.inf, left: int = 1):
+        """Stop the members `cut` (pruned) and, when it pays, go on without every pruned lane in a smaller
+        program compiled for the others, so the compute falls with each lane dropped: when the seconds of
+        training their lanes would take in the `left` epochs (at `epoch_seconds` for the whole program)
+        outweigh RECOMPILE_PAYS x a compilation. A dropped member ends as a trial stopped alone ends: its
+        callbacks' train end (early stopping's best weights), its test scores with the weights it has
+        now. Returns the indices (in the old stacking) of the members kept, or None when the lanes stay,
+        masked (they end with the others, as early-stopped ones do)."""
         for m in cut:
             m.result.pruned, m.active, m.view.stop_training = True, False, True
+        cut = [m for m in self.members if m.result.pruned]  # with those kept masked at an earlier rung
+        saving = epoch_seconds * len(cut) / len(self.members) * left
+        if saving <= RECOMPILE_PAYS * self.compile_seconds / len(self.sizes):
+            return None
+        for m in cut:
             for cb in m.callbacks:
                 cb.on_train_end()
             m.result.fit_seconds = m.result.previous_seconds + time.perf_counter() - started
