@@ -133,7 +133,7 @@ for spec in json.load(open(sys.argv[1])):
     folder = run_experiment(validate({**spec["config"], "backend": "jax"}), runs_dir=sys.argv[2], trial=spec["trial"])
     record = read_record(folder.path)
     out.append({"id": spec["trial"]["id"], "metrics": read_metrics(folder.path), "status": record.status,
-                "test": record.test, "files": sorted(p.name for p in folder.path.iterdir())})
+                "test": record.test, "per_class": record.per_class, "files": sorted(p.name for p in folder.path.iterdir())})
     keras.backend.clear_session()
 json.dump(out, open(sys.argv[3], "w"))
 """
@@ -215,6 +215,7 @@ def equal_to_one_at_a_time(cfg, tmp_path, counts: dict) -> str:
                 worst = max(worst, abs(mine[key] - theirs[key]))
         for key in ("loss", "accuracy"):
             worst = max(worst, abs(record.test[key] - ref["test"][key]))
+        assert record.per_class == ref["per_class"] and "confusion.csv" in ref["files"]  # the same test predictions
     print(f"largest difference from one at a time: {worst:.3g}")
     assert worst < 1e-4, worst
     assert list((sweep_dir / ".claims").iterdir()) == []

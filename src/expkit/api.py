@@ -214,10 +214,16 @@ def _config_file(config) -> Path | None:
     return Path(config) if isinstance(config, (str, os.PathLike)) else None
 
 
-def table(paths, *, only_changed: bool = False, baseline: str | None = None):
-    """One comparison table (DataFrame) from run folders, run-name folders and sweep folders."""
+def table(paths, *, only_changed: bool = False, baseline: str | None = None, per_class=None):
+    """One comparison table (DataFrame) from run folders, run-name folders and sweep folders.
+    `per_class`: scores ("f1", ["precision", "recall"]) to add as a column per class."""
     from .report import collect_runs, comparison_table
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return comparison_table(collect_runs([Path(p) for p in paths]), only_changed=only_changed, baseline=baseline)
+    out = comparison_table(collect_runs([Path(p) for p in paths]), only_changed=only_changed, baseline=baseline)
+    if per_class:
+        from .report.perclass import parse_scores, per_class_columns
+
+        out = per_class_columns(out, parse_scores(per_class))
+    return out

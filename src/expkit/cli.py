@@ -145,6 +145,10 @@ def cmd_table(args) -> int:
                   f"and are left out ({', '.join(left_out)}); --reference-all shows them", file=sys.stderr)
     if args.difference:
         table = add_differences(table, args.difference)
+    if args.per_class:
+        from .report.perclass import parse_scores, per_class_columns
+
+        table = per_class_columns(table, parse_scores(args.per_class))
     text = format_table(table, args.format)
     if args.output:
         write_text_atomic(args.output, text)
@@ -253,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difference", action="append", metavar="A-B",
                    help="add the row 'Difference (A - B)', A minus B, for two row labels "
                    "(published ones included); repeatable")
+    p.add_argument("--per-class", metavar="SCORES", help="add a column per class and score (f1, precision, recall, "
+                   "support; comma-separated): the test set's, from results.json")
     p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output")
     p.add_argument("--plot", metavar="PNG", help="also draw a bar chart of the runs")
     p.add_argument("--metric", default="best_val_accuracy", help="metric of the bar chart (default: best_val_accuracy)")

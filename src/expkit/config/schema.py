@@ -138,6 +138,15 @@ class TrainConfig(Section):
                              "state expkit needs), so an interrupted run resumes from its last finished epoch "
                              "(`expkit run --resume RUN_DIR`; a sweep resumes its interrupted trials). Removed when "
                              "the run finishes.")
+    class_weight: Union[Literal["balanced"], dict[Union[int, str], float], None] = Field(
+        None, description="Weight of each class in the loss, passed to Keras' fit: balanced (n_samples / (n_classes * "
+        "examples of the class), from the training set) or {class: weight}, a class by its index or its name "
+        "(classes not named weigh 1). Recorded in results.json.")
+    callbacks: list[dict[str, Any]] = Field(
+        default_factory=list, description="More Keras callbacks, each {Name: {arguments}}: a name in keras.callbacks "
+        "(ReduceLROnPlateau, CSVLogger, ...) or \"module:attribute\" for your own (a module beside the config file, "
+        "else on sys.path). They run after expkit's schedule and early stopping. A sweep's trials with callbacks "
+        "train one at a time (a vectorised group calls no Keras callback of yours).")
     test_each_epoch: bool = Field(False, description="Evaluate the test split after every epoch: test_loss and "
                                   "test_<metric> columns in metrics.csv and curves.png (none without a test split).")
 
@@ -160,6 +169,32 @@ class TrainConfig(Section):
                     f"'{section.monitor}' is not a metric this run logs{did_you_mean(section.monitor, names)} "
                     f"(logged: {', '.join(names)})", path=("train", key, "monitor"))
         return self
+
+    @field_validator("class_weight")
+    @classmethod
+    def _weights(cls, v):
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("give at least one {class: weight}, or null")
+            for key, weight in v.items():
+                if not (math.isfinite(weight) and weight >= 0):
+                    raise ConfigError(f"a class weight must be a finite number >= 0, found {weight}",
+                                      path=("train", "class_weight", key))
+        return v
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callbacks_shape(cls, v):
+        for i, spec in enumerate(v):
+            if len(spec) != 1:
+                raise ConfigError(f"expected one {{Name: {{arguments}}}} mapping per callback, found keys "
+                                  f"{sorted(map(str, spec))}", path=("train", "callbacks", i))
+            (name, args), = spec.items()
+            if args is not None and not isinstance(args, dict):
+                raise ConfigError(f"a callback's arguments are a mapping (or null), found {type(args).__name__}",
+                                  path=("train", "callbacks", i, name))
+            refuse_non_finite(args, ["train", "callbacks", i, name])
+        return v
 
     @field_validator("inter_op_threads")
     @classmethod

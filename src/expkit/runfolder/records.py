@@ -32,6 +32,9 @@ WRITTEN = (RUNNING, DONE, DIVERGED, FAILED, INTERRUPTED)  # what a run may write
 FINISHED = (DONE, DIVERGED)  # a sweep skips these on resume; tables average over them
 
 
+CONFUSION_CSV = "confusion.csv"  # the test set's confusion matrix (runfolder/confusion.py)
+
+
 class DamagedRecord(ConfigError):
     """A run-folder file that exists but cannot be read (truncated JSON, garbage CSV)."""
 
@@ -67,6 +70,8 @@ class RunRecord:
     best: dict = field(default_factory=_nan_metrics)   # max accuracy / min loss over the epochs run
     final: dict = field(default_factory=_nan_metrics)  # the last epoch
     test: dict | None = None
+    per_class: dict | None = None        # {class: {precision, recall, f1, support}} on the test set (confusion.csv)
+    class_weight: dict | None = None     # {class: weight} the loss was weighted with (train.class_weight)
     fit_seconds: float = 0.0
     epochs_run: int = 0
     stopped_early: bool = False
@@ -295,6 +300,11 @@ class RunFolder:
         if rows:
             self._check_held()
             write_text_atomic(self.path / "metrics.csv", metrics_csv_text(rows))
+
+    def write_confusion(self, text: str) -> None:
+        """confusion.csv, as runfolder.confusion.confusion_csv_text writes it (and read_confusion reads it)."""
+        self._check_held()
+        write_text_atomic(self.path / CONFUSION_CSV, text)
 
     def write_record(self, record: RunRecord) -> None:
         self._check_held()

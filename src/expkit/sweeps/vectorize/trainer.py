@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...stopping import check as check_stop
-from ...train import TrainResult, make_callbacks, epoch_order, eval_batch_size, make_optimizer
+from ...train import TrainResult, make_callbacks, epoch_order, eval_batch_size, make_optimizer, test_confusion
 from .program import Program, find_knobs
 
 
@@ -147,6 +147,7 @@ class GroupTrainer:
         for i, member in enumerate(members):
             member.index = i
         self.pool_index = jnp.asarray([m.pool for m in members], dtype=jnp.int32)
+        self.datasets = datasets
         self.template = models[0]
         self.program = Program(self.template, find_knobs(models), scan=not convolutions_on_cpu(self.template))
         self.state = stack([state_of(m) for m in models])
@@ -322,3 +323,5 @@ class GroupTrainer:
                 m.result.test = {"loss": math.nan, **{k: math.nan for k in m.cfg.train.metrics}}
             else:
                 m.result.test = {k: float(v[i]) for k, v in scores.items()}
+                # one predict program for the template model, each trial's weights in turn
+                test_confusion(self.model_of(i), self.datasets[m.pool], self.eval_batch, m.result)
