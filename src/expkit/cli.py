@@ -292,10 +292,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        from .repro import command_source
+        from .repro import command_source, config_source
 
-        # results.json's `command`; Ctrl-C noted like SIGTERM, so that a dropped one is raised again
-        with command_source(None if argv is None else ["expkit", *argv]), interrupt_on_sigint():
+        # results.json's `command`; Ctrl-C noted like SIGTERM, so that a dropped one is raised again;
+        # the config file named for every command, so `summary` and `--dry-run` find user modules beside it
+        with command_source(None if argv is None else ["expkit", *argv]), interrupt_on_sigint(), \
+                config_source(getattr(args, "config", None)):
             return args.func(args)
     except ConfigError as exc:
         if getattr(args, "config", None):

@@ -162,8 +162,11 @@ def new_record(run: RunFolder, cfg: ExperimentConfig, model, dataset, *, device_
     from .models import count_params
     from .repro import data_fingerprint, describe, library_versions
 
+    from .usercode import user_modules
+
     total, trainable = count_params(model)
     described = describe(dataset, device_name)
+    described["user_code"] = user_modules() or None  # imported by now: the model, loss and callbacks are built
     if described["data_sha256"] is None and data_files:
         described["data_sha256"], described["data_files"] = data_fingerprint(data_files)
     return run.new_record(

@@ -60,6 +60,11 @@ def learning_rate_value(cfg: ExperimentConfig, steps_per_epoch: int):
 def check_loss(name: str) -> None:
     import keras
 
+    from .usercode import is_reference, keras_object
+
+    if is_reference(name):  # the user's own: a missing module or attribute is named here
+        keras_object(name, ("train", "loss"))
+        return
     try:
         keras.losses.get(name)
     except (ValueError, TypeError):
@@ -313,10 +318,12 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
     auto_spe = auto_steps_per_execution(model, cfg.train.batch_size, steps_per_epoch) if spe == "auto" else 1
     result.steps_per_execution = backend.steps_per_execution(spe, auto_spe)
     jit = cfg.train.jit_compile
+    from .usercode import keras_object
+
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss=cfg.train.loss,
-        metrics=list(cfg.train.metrics),
+        loss=keras_object(cfg.train.loss, ("train", "loss")),  # a Keras name, or the user's "module:attribute"
+        metrics=[keras_object(m, ("train", "metrics", i)) for i, m in enumerate(cfg.train.metrics)],
         steps_per_execution=result.steps_per_execution,
         jit_compile=jit,
     )

@@ -8,8 +8,10 @@ or lacks the attribute, is a ConfigError naming the key path and the module: one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -20,6 +22,9 @@ from .registry import did_you_mean
 # The config file the runs of this process were read from; set by repro.config_source, inherited by
 # the worker processes a sweep starts, so they find the modules beside it too.
 CONFIG_FILE_ENV = "EXPKIT_CONFIG_FILE"
+# More folders to look in (os.pathsep-separated) after the config's: where a resumed run's modules were
+# found the first time (its record's user_code), since its config.yaml now lives in the run folder.
+SEARCH_ENV = "EXPKIT_USER_CODE_PATH"
 
 _imported: dict[str, str] = {}  # module name -> its file, for each user module a reference imported
 
@@ -29,18 +34,36 @@ def is_reference(name) -> bool:
     return isinstance(name, str) and ":" in name
 
 
-def config_folder() -> Path | None:
-    path = os.environ.get(CONFIG_FILE_ENV)
-    return Path(path).resolve().parent if path else None
+@contextlib.contextmanager
+def searched_in(folders: list[str]):
+    """Inside this block (and in the worker processes started in it) modules are also looked for in `folders`."""
+    old = os.environ.get(SEARCH_ENV)
+    if folders:
+        os.environ[SEARCH_ENV] = os.pathsep.join(dict.fromkeys([*folders, *(old.split(os.pathsep) if old else [])]))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(SEARCH_ENV, None)
+        else:
+            os.environ[SEARCH_ENV] = old
+
+
+def search_folders() -> list[str]:
+    """The folders looked in before sys.path: the config file's, then SEARCH_ENV's."""
+    config = os.environ.get(CONFIG_FILE_ENV)
+    folders = [str(Path(config).resolve().parent)] if config else []
+    folders += [f for f in os.environ.get(SEARCH_ENV, "").split(os.pathsep) if f and f not in folders]
+    return folders
 
 
 def import_module(name: str, path=None):
-    """The module `name`, imported beside the config file first, then from sys.path."""
-    folder = config_folder()
-    where = f"beside the config file ({folder}), then on sys.path" if folder else "on sys.path"
-    added = folder is not None and str(folder) not in sys.path
-    if added:
-        sys.path.insert(0, str(folder))
+    """The module `name`, imported beside the config file first, then from sys.path. The Keras classes
+    it defines are registered for Keras' saving, so a model.keras holding them loads again."""
+    folders = search_folders()
+    where = f"in {', '.join(folders)}, then on sys.path" if folders else "on sys.path"
+    added = [f for f in folders if f not in sys.path]
+    sys.path[:0] = added
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -52,12 +75,74 @@ def import_module(name: str, path=None):
         raise ConfigError(f"module '{name}' failed to import: {type(exc).__name__}: {first_line(exc)}",
                           path=path) from None
     finally:
-        if added:
-            sys.path.remove(str(folder))
+        for folder in added:
+            sys.path.remove(folder)
     file = getattr(module, "__file__", None)
-    if file:
-        _imported.setdefault(name, str(Path(file).resolve()))
+    if file and name not in _imported:
+        _imported[name] = str(Path(file).resolve())
+        _register_keras_classes(module)
     return module
+
+
+def _register_keras_classes(module) -> None:
+    """Register the module's own Keras classes (layers, losses, metrics...) under the module's name,
+    unless the user registered them: Keras' loader finds only registered classes outside keras."""
+    keras = sys.modules.get("keras")
+    if keras is None:  # the module defines no Keras class without importing Keras
+        return
+    saveable = getattr(getattr(getattr(keras, "src", None), "saving", None), "keras_saveable", None)
+    base = getattr(saveable, "KerasSaveable", None) or keras.layers.Layer
+    for attr, obj in list(vars(module).items()):
+        keras_class = isinstance(obj, type) and issubclass(obj, base) and hasattr(obj, "get_config")
+        function = inspect.isfunction(obj)  # a loss or metric function; a factory's registration is harmless
+        if ((keras_class or function) and getattr(obj, "__module__", None) == module.__name__
+                and keras.saving.get_registered_name(obj) == obj.__name__):
+            keras.saving.register_keras_serializable(package=module.__name__, name=attr)(obj)
+
+
+def keras_object(value, path=None, *, instantiate: bool = True):
+    """A Keras name passed through unchanged; a "module:attribute" reference resolved, a class made
+    with no arguments (a loss, metric, initializer or regularizer class) when `instantiate`."""
+    if not is_reference(value):
+        return value
+    obj = resolve(value, path)
+    if instantiate and isinstance(obj, type):
+        try:
+            return obj()
+        except Exception as exc:
+            raise ConfigError(f"{value}() failed: {type(exc).__name__}: {first_line(exc)}", path=path) from None
+    return obj
+
+
+def call_factory(reference: str, args: dict, input_shape: tuple, num_classes: int | None, path=("model", "factory")):
+    """model.factory: the user's function called with model.args, plus input_shape and num_classes when
+    it takes them; it must return a keras.Model."""
+    import keras
+
+    factory = resolve(reference, path)
+    if not callable(factory):
+        raise ConfigError(f"'{reference}' is a {type(factory).__name__}, not a function", path=path)
+    kwargs = dict(args)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)):
+        if key not in kwargs and (key in params or takes_any):
+            kwargs[key] = value
+    try:
+        model = factory(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{reference}(...) failed: {type(exc).__name__}: {first_line(exc)}", path=path) from None
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"{reference} returned a {type(model).__name__}; a factory returns a keras.Model", path=path)
+    if not model.built or not model.inputs:
+        raise ConfigError(f"{reference} returned a model without an input: start it with keras.Input(shape=input_shape)",
+                          path=path)
+    return model
 
 
 def resolve(reference: str, path=None):

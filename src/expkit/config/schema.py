@@ -220,8 +220,26 @@ class TrainConfig(Section):
 
 
 class ModelConfig(Section):
-    layers: list[Any] = Field(description="One single-key mapping per layer: {type: arguments}.")
+    layers: list[Any] = Field(default_factory=list, description="One single-key mapping per layer: {type: arguments} "
+                              "(a type may be \"module:Class\", a layer of your own). Required unless `factory` is given.")
     input_shape: list[int] | None = Field(None, description="Override the input shape the dataset implies.")
+    factory: str | None = Field(
+        None, description="\"module:function\" returning a keras.Model, instead of layers: called with `args`, and "
+        "with input_shape and num_classes when it takes them (the module beside the config file, else on sys.path).")
+    args: dict[str, Any] = Field(default_factory=dict, description="factory: its keyword arguments.")
+
+    @model_validator(mode="after")
+    def _layers_or_factory(self):
+        if self.factory is None and not self.layers:
+            raise ConfigError("required key is missing (or give model.factory)", path=("model", "layers"))
+        if self.factory is not None and self.layers:
+            raise ConfigError("give model.layers or model.factory, not both", path=("model", "factory"))
+        if self.factory is None and self.args:
+            raise ConfigError("model.args are the factory's arguments: give model.factory too", path=("model", "args"))
+        if self.factory is not None and ":" not in self.factory:
+            raise ConfigError(f"expected \"module:function\", found '{self.factory}'", path=("model", "factory"))
+        refuse_non_finite(self.args, ["model", "args"])
+        return self
 
     @field_validator("layers")
     @classmethod

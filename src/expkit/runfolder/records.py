@@ -95,6 +95,7 @@ class RunRecord:
     data_sha256: str | None = None       # one hash over the files the dataset was read from (null: generated)
     data_files: list | None = None       # [{"path", "bytes", "sha256"}], the first 20
     command: str | None = None
+    user_code: list | None = None        # [{"module", "path", "sha256"}]: the user modules it imported (usercode.py)
     resumed: list = field(default_factory=list)  # [{"epoch", "at"}]: resumed after that many epochs, then
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept on rewrite
 

@@ -84,8 +84,10 @@ def build_member_model(cfg, dataset, steps_per_epoch: int):
     keras.utils.set_random_seed(cfg.seed)  # backend.seed_everything, less its TensorFlow import (see worker)
     current().set_determinism(cfg.train.deterministic)
     _, model = prepare(cfg, dataset=dataset)
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=cfg.train.loss,
-                  metrics=list(cfg.train.metrics), jit_compile=True)
+    from ...usercode import keras_object
+
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=keras_object(cfg.train.loss),
+                  metrics=[keras_object(m) for m in cfg.train.metrics], jit_compile=True)
     # Keras' own fit builds the optimizer and the compiled metrics this way before its first step.
     model._symbolic_build(data_batch=(dataset.x_train[:1], dataset.y_train[:1]))
     return model
