@@ -57,6 +57,12 @@ for _name, _cls, _main in [
     ("cropping2d", "Cropping2D", "cropping"),
     ("upsampling2d", "UpSampling2D", "size"),
     ("rescaling", "Rescaling", "scale"),
+    # augmentation: Keras applies these in training only (identity in evaluate and predict)
+    ("random_flip", "RandomFlip", "mode"),
+    ("random_rotation", "RandomRotation", "factor"),
+    ("random_translation", "RandomTranslation", None),
+    ("random_zoom", "RandomZoom", "height_factor"),
+    ("random_contrast", "RandomContrast", "factor"),
     ("application", "application", "name"),
 ]:
     LAYERS.add(_name, LayerKind(_cls, _main))
