@@ -165,3 +165,13 @@ def test_user_code_mistakes_are_one_line_naming_the_key_and_module(exp, model, l
     with config_source(exp / "custom.yaml"), pytest.raises(ConfigError) as info:
         prepare(validate(raw))
     assert str(info.value) == expected.format(exp=exp.resolve())
+
+
+def test_diff_says_when_the_user_code_changed():
+    from expkit.report.provenance import compare_provenance
+
+    old = [{"run": "a", "user_code": {"my_models": "a" * 64}}]
+    new = [{"run": "a", "user_code": {"my_models": "b" * 64}}]
+    assert compare_provenance(old, new) == [
+        f"the tables come from different user code: my_models sha256 {'a' * 12} -> {'b' * 12}"]
+    assert compare_provenance(old, old) == []

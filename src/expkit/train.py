@@ -114,7 +114,7 @@ class TrainResult:
 
 def test_confusion(model, dataset, batch_size: int, result: TrainResult) -> None:
     """The test set's confusion matrix into `result`, when the model's outputs are per-class scores
-    (a classifier): one more forward pass over the test set (its cost: docs/architecture.md#per-class-results)."""
+    (a classifier): one more forward pass over the test set (its cost: README.md, "What a run writes")."""
     from .runfolder.confusion import class_indexes, confusion_matrix, predicted_classes
 
     k = dataset.num_classes

@@ -166,6 +166,8 @@ def user_modules() -> list[dict]:
     out = []
     for name in sorted(_imported):
         file = Path(_imported[name])
+        if {"site-packages", "dist-packages"} & set(file.parts):  # a library ("keras.losses:Huber"): versions has it
+            continue
         try:
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
         except OSError:
