@@ -2,14 +2,18 @@
 results.json, `expkit table --per-class` and the HTML report."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from expkit.runfolder.confusion import (confusion_matrix, per_class_scores, predicted_classes, read_confusion)
 from expkit.runfolder import DamagedRecord
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
 
 def test_scores_agree_with_scikit_learn():
@@ -79,19 +83,26 @@ def test_a_run_writes_its_confusion_matrix_and_per_class_scores(classified):
     assert (run.path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_table_per_class_columns_on_request(classified, tmp_path):
-    run, runs = classified
-    cmd = [sys.executable, "-m", "expkit", "table", str(run.path), "--format", "csv"]
-    plain = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert "f1[" not in plain
-    out = subprocess.run([*cmd, "--per-class", "f1,recall"], capture_output=True, text=True, check=True).stdout
-    header, row = out.splitlines()[:2]
+def test_table_per_class_columns_on_request(classified, capsys):
+    from expkit.cli import main
+
+    run, _ = classified
+    args = ["table", str(run.path), "--format", "csv"]
+    assert main(args) == 0
+    assert "f1[" not in capsys.readouterr().out
+    assert main([*args, "--per-class", "f1,recall"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
     saved = json.loads((run.path / "results.json").read_text())["per_class"]
     columns = dict(zip(header.split(","), row.split(",")))
     for name, scores in saved.items():
         assert float(columns[f"f1[{name}]"]) == pytest.approx(scores["f1"], abs=1e-4)
         assert float(columns[f"recall[{name}]"]) == pytest.approx(scores["recall"], abs=1e-4)
-    bad = subprocess.run([*cmd, "--per-class", "f2"], capture_output=True, text=True)
+    import expkit
+
+    table = expkit.table([run.path], per_class="precision")  # the Python API's spelling
+    assert [c for c in table.columns if c.startswith("precision[")] == [f"precision[{n}]" for n in saved]
+    bad = subprocess.run([sys.executable, "-m", "expkit", *args, "--per-class", "f2"], capture_output=True, text=True,
+                         env=ENV)
     assert bad.returncode == 2 and "unknown score 'f2'" in bad.stderr and "Traceback" not in bad.stderr
 
 
