@@ -46,6 +46,10 @@ def build(input_shape, num_classes, units=8):
     return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
 
 
+def half(shape, dtype=None):
+    return keras.ops.full(shape, 0.5, dtype=dtype)
+
+
 def layer_only():
     return Scale()
 
@@ -140,6 +144,18 @@ def test_a_factory_beside_the_config_builds_the_model_with_its_args(exp, tmp_pat
         _, model = prepare(validate(raw))
     assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "Flatten", "Scale", "Dense", "Dense"]
     assert count_params(model)[0] == 64 + (64 * 5 + 5) + (5 * 3 + 3)  # Scale's 64 weights, then the two Dense
+
+    raw["model"] = {"layers": [{"flatten": {}}, {"dense": {"units": 3, "activation": "softmax",
+                                                           "kernel_initializer": "my_layers:half"}}]}
+    with config_source(exp / "custom.yaml"):
+        _, model = prepare(validate(raw))  # an initializer of one's own, where Keras takes a name
+    assert np.all(keras_numpy(model.layers[-1].kernel) == 0.5)
+
+
+def keras_numpy(variable):
+    import keras
+
+    return keras.ops.convert_to_numpy(variable)
 
 
 @pytest.mark.parametrize("model, loss, expected", [
