@@ -166,7 +166,7 @@ def new_record(run: RunFolder, cfg: ExperimentConfig, model, dataset, *, device_
 
     total, trainable = count_params(model)
     described = describe(dataset, device_name)
-    described["user_code"] = user_modules() or None  # imported by now: the model, loss and callbacks are built
+    described["user_code"] = user_modules(cfg.to_dict()) or None  # imported by now: model, loss, callbacks built
     if described["data_sha256"] is None and data_files:
         described["data_sha256"], described["data_files"] = data_fingerprint(data_files)
     return run.new_record(

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ CONFIG_FILE_ENV = "EXPKIT_CONFIG_FILE"
 SEARCH_ENV = "EXPKIT_USER_CODE_PATH"
 
 _imported: dict[str, str] = {}  # module name -> its file, for each user module a reference imported
+_loaded: dict[str, object] = {}  # module name -> the module object its classes were registered from
 
 
 def is_reference(name) -> bool:
@@ -78,7 +80,8 @@ def import_module(name: str, path=None):
         for folder in added:
             sys.path.remove(folder)
     file = getattr(module, "__file__", None)
-    if file and name not in _imported:
+    if file and _loaded.get(name) is not module:  # new, or imported afresh (another folder's module of that name)
+        _loaded[name] = module
         _imported[name] = str(Path(file).resolve())
         _register_keras_classes(module)
     return module
@@ -160,11 +163,28 @@ def resolve(reference: str, path=None):
     return obj
 
 
-def user_modules() -> list[dict]:
-    """[{"module", "path", "sha256"}] of the user modules imported in this process, by name: the code a
-    run's record says it ran (a file gone since is listed without a hash)."""
+_REFERENCE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*:\s*[A-Za-z_][\w.]*\s*$")
+
+
+def referenced_modules(node) -> set[str]:
+    """The module names of every "module:attribute" string in a (resolved) config."""
+    if isinstance(node, dict):
+        return set().union(*(referenced_modules(v) | referenced_modules(k) for k, v in node.items())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(referenced_modules(v) for v in node)) if node else set()
+    match = _REFERENCE.match(node) if isinstance(node, str) else None
+    return {match.group(1)} if match else set()
+
+
+def user_modules(config: dict | None = None) -> list[dict]:
+    """[{"module", "path", "sha256"}] of the user modules imported in this process, by name (only those
+    `config` names, when given: a process that ran other configs imported theirs too): the code a run's
+    record says it ran (a file gone since is listed without a hash)."""
+    wanted = referenced_modules(config) if config is not None else None
     out = []
     for name in sorted(_imported):
+        if wanted is not None and name not in wanted:
+            continue
         file = Path(_imported[name])
         if {"site-packages", "dist-packages"} & set(file.parts):  # a library ("keras.losses:Huber"): versions has it
             continue
