@@ -8,7 +8,7 @@ from .config import ExperimentConfig
 from .errors import ConfigError, first_line
 from .layers import build_layer, layer_arguments
 from .registry import did_you_mean
-from .usercode import is_reference, keras_object
+from .usercode import call_factory, is_reference, keras_object
 
 # Losses whose targets are class indices or one-hot vectors: the output must have one unit per class.
 CLASS_LOSSES = {"categorical_crossentropy", "sparse_categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"}
@@ -31,8 +31,6 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
     if cfg.model.input_shape is not None:
         input_shape = tuple(cfg.model.input_shape)
     if cfg.model.factory is not None:  # the user's own code builds it (expkit.usercode)
-        from .usercode import call_factory
-
         return call_factory(cfg.model.factory, cfg.model.args, tuple(input_shape), num_classes)
     x = keras.Input(shape=tuple(input_shape))
     built = []
