@@ -52,7 +52,10 @@ def describe(cfg) -> Built:
 @lru_cache(maxsize=None)
 def built(name: str, overrides: tuple = ()) -> Built:
     """The model of configs/<name>, built once per test session (ResNet101 takes seconds)."""
-    return describe(load_config(CONFIG_DIR / name, list(overrides)))
+    from expkit.repro import config_source
+
+    with config_source(CONFIG_DIR / name):  # a model.factory's module lies beside its config
+        return describe(load_config(CONFIG_DIR / name, list(overrides)))
 
 
 # --- every config -------------------------------------------------------------------------------
@@ -404,3 +407,15 @@ def test_makefile_sweeps_are_fashion_mnist_shaped(name):
     overrides = ("data.dataset=fashion_mnist_sample",)
     assert expand_sweep(load_config(CONFIG_DIR / name, list(overrides)))
     assert built(name, overrides).output == (None, 10)
+
+
+def test_the_factory_config_builds_cnn1_as_plain_keras_does():
+    """configs/cnn1_factory.yaml (model.factory: my_models:cnn) against CNN1 written here in plain Keras."""
+    import keras
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = keras.layers.Conv2D(64, 3, activation="relu")(keras.layers.Conv2D(32, 3, activation="relu")(inputs))
+    x = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(x))
+    plain = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    assert built("cnn1_factory.yaml").total == plain.count_params() == built("cnn1.yaml").total == 2_378_826
+    assert built("cnn1_factory.yaml").output == (None, 10)

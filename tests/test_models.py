@@ -46,6 +46,11 @@ LAYER_CASES = {
     "cropping2d": (1, (4, 4, 1), (None, 2, 2, 1)),
     "upsampling2d": (2, (4, 4, 1), (None, 8, 8, 1)),
     "rescaling": (0.5, (6,), (None, 6)),
+    "random_flip": ("horizontal", (4, 4, 1), (None, 4, 4, 1)),
+    "random_rotation": (0.1, (4, 4, 1), (None, 4, 4, 1)),
+    "random_translation": ({"height_factor": 0.2, "width_factor": 0.2}, (4, 4, 1), (None, 4, 4, 1)),
+    "random_zoom": (0.2, (4, 4, 1), (None, 4, 4, 1)),
+    "random_contrast": (0.2, (4, 4, 1), (None, 4, 4, 1)),
 }
 
 
@@ -215,3 +220,29 @@ def test_every_name_the_schema_accepts_trains(tmp_path, tiny_config, name):
     assert (results["name"], results["status"]) == (name, "done")
     assert run.path.parent == tmp_path / "runs" / name
     assert keras_model_name(name) == {"_baseline": "m_baseline", "-v2": "m_v2", "(test)": "m_test_"}[name]
+
+
+def test_augmentation_layers_act_in_training_only(tmp_path, tiny_config):
+    """Keras' random preprocessing layers named in a config: identity at inference (evaluate, predict,
+    the confusion matrix), random in training, on whichever backend the suite runs (make test: both)."""
+    import keras
+
+    import expkit
+    from expkit.runfolder.confusion import read_confusion
+
+    augment = [{"random_flip": "horizontal"}, {"RandomTranslation": {"height_factor": 0.25, "width_factor": 0.25}},
+               {"random_rotation": 0.1}]
+    layers = [{"reshape": [8, 8, 1]}, *augment, *tiny_config["model"]["layers"]]
+    run = expkit.run({**tiny_config, "model": {"layers": layers}, "train": {**tiny_config["train"], "epochs": 1}},
+                     runs_dir=tmp_path)
+    model = run.model
+    assert [type(layer).__name__ for layer in model.layers[1:4]] == ["RandomFlip", "RandomTranslation", "RandomRotation"]
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+    head = keras.Sequential([keras.Input((8, 8, 1)), *model.layers[4:]])  # the model without its augmentation
+    expected = keras.ops.convert_to_numpy(head(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    trained = [keras.ops.convert_to_numpy(model(x, training=True)) for _ in range(2)]
+    assert np.abs(trained[0] - expected).max() > 1e-3 and np.abs(trained[0] - trained[1]).max() > 1e-3
+    _, counts = read_confusion(run.path)  # the test set was seen as it is: its accuracy is the matrix's trace
+    assert np.trace(counts) / counts.sum() == pytest.approx(run.record.test["accuracy"], abs=1e-6)

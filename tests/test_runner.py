@@ -23,7 +23,8 @@ def test_run_folder_contents(tmp_path, tiny_config):
     run = run_experiment(cfg, runs_dir=tmp_path)
     assert run.path.parent == tmp_path / "tiny"
     names = sorted(p.name for p in run.path.iterdir())
-    assert names == ["config.yaml", "curves.png", "metrics.csv", "model.keras", "results.json", "status.json",
+    assert names == ["config.yaml", "confusion.csv", "confusion.png", "curves.png", "metrics.csv", "model.keras",
+                     "results.json", "status.json",
                      "summary.txt"]  # model.keras: train.save_model (on by default); the checkpoint is gone once done
 
     saved = yaml.safe_load((run.path / "config.yaml").read_text())

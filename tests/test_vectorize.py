@@ -133,7 +133,7 @@ for spec in json.load(open(sys.argv[1])):
     folder = run_experiment(validate({**spec["config"], "backend": "jax"}), runs_dir=sys.argv[2], trial=spec["trial"])
     record = read_record(folder.path)
     out.append({"id": spec["trial"]["id"], "metrics": read_metrics(folder.path), "status": record.status,
-                "test": record.test, "files": sorted(p.name for p in folder.path.iterdir())})
+                "test": record.test, "per_class": record.per_class, "files": sorted(p.name for p in folder.path.iterdir())})
     keras.backend.clear_session()
 json.dump(out, open(sys.argv[3], "w"))
 """
@@ -215,6 +215,7 @@ def equal_to_one_at_a_time(cfg, tmp_path, counts: dict) -> str:
                 worst = max(worst, abs(mine[key] - theirs[key]))
         for key in ("loss", "accuracy"):
             worst = max(worst, abs(record.test[key] - ref["test"][key]))
+        assert record.per_class == ref["per_class"] and "confusion.csv" in ref["files"]  # the same test predictions
     print(f"largest difference from one at a time: {worst:.3g}")
     assert worst < 1e-4, worst
     assert list((sweep_dir / ".claims").iterdir()) == []
@@ -510,3 +511,16 @@ def test_a_tracked_sweep_says_why_it_trains_one_at_a_time(tiny_config, tmp_path,
     assert ("vectorize: track: trackers follow one run at a time, and a vectorised group does not feed them; "
             "those trials train one at a time") in log.getvalue()
     assert {read_record(sweep_dir / t.id).backend for t in expand_sweep(cfg)} == {"tensorflow"}
+
+
+@needs_jax
+@pytest.mark.slow  # two sweeps' worth of JAX processes (about a minute here): `make test-slow`
+def test_augmentation_layers_in_a_group_equal_their_trials_one_at_a_time(tiny_config, tmp_path, monkeypatch):
+    """Keras' random preprocessing layers draw from each trial's own seed generator inside the group's
+    program, as Dropout does: every epoch's numbers equal the same trials trained alone on JAX."""
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
+    augmented = {**tiny_config, "model": {"layers": [{"random_flip": "horizontal"}, {"random_rotation": 0.1},
+                                                     *tiny_config["model"]["layers"]]}}
+    cfg = sweep_cfg(augmented, {"grid": {"train.learning_rate": [0.01, 0.03]}, "seeds": [3, 4]})
+    log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 4})
+    assert "4 trials as one JAX program" in log

@@ -74,6 +74,20 @@ class Run:
             raise ConfigError("not a finished run folder: no results.json", file=path)
         return cls(Path(path), record)
 
+    def load_model(self):
+        """model.keras read back, the user modules it was built with imported first (their Keras classes
+        are then known to Keras' loader), found where the run found them."""
+        import keras
+
+        from .checkpoint import MODEL
+        from .usercode import import_module, searched_in
+
+        modules = [m for m in (self.record.user_code or []) if isinstance(m, dict) and m.get("module")]
+        with searched_in([str(Path(m["path"]).parent) for m in modules if m.get("path")]):
+            for m in modules:
+                import_module(m["module"])
+        return keras.saving.load_model(self.path / MODEL)
+
     @property
     def status(self) -> str:
         return self.record.status
@@ -192,7 +206,7 @@ def resume(run_dir: str | os.PathLike, *, device: str = "auto", track: list[str]
     check_trackers(cfg.track)
     activate(cfg.backend, device=device, deterministic=cfg.train.deterministic)
     kept: list = []
-    with config_source(path / "config.yaml"):
+    with config_source(path / "config.yaml"), user_code_source(path):
         run_experiment(cfg, device=device, folder=RunFolder(path), resume=True, keep_model=kept)
     return Run(path, read_record(path), kept[0] if kept else None)
 
@@ -223,18 +237,39 @@ def sweep(config, overrides: Overrides = None, *, runs_dir: str | os.PathLike = 
     return Sweep(Path(sweep_dir), counts)
 
 
+def user_code_source(run_dir: Path):
+    """Look for the user modules where the run's earlier attempt found them (its record's user_code): its
+    config.yaml now lives in the run folder, away from the modules beside the original config file."""
+    from .runfolder import DamagedRecord
+    from .usercode import searched_in
+
+    try:
+        record = read_record(run_dir)
+    except DamagedRecord:
+        record = None
+    folders = [str(Path(m["path"]).parent) for m in (record.user_code or []) if isinstance(m, dict) and m.get("path")] \
+        if record is not None else []
+    return searched_in(folders)
+
+
 def _config_file(config) -> Path | None:
     """The config's file, when it was given as one (its git state goes into each run's record)."""
     return Path(config) if isinstance(config, (str, os.PathLike)) else None
 
 
-def table(paths, *, only_changed: bool = False, baseline: str | None = None):
-    """One comparison table (DataFrame) from run folders, run-name folders and sweep folders."""
+def table(paths, *, only_changed: bool = False, baseline: str | None = None, per_class=None):
+    """One comparison table (DataFrame) from run folders, run-name folders and sweep folders.
+    `per_class`: scores ("f1", ["precision", "recall"]) to add as a column per class."""
     from .report import collect_runs, comparison_table
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return comparison_table(collect_runs([Path(p) for p in paths]), only_changed=only_changed, baseline=baseline)
+    out = comparison_table(collect_runs([Path(p) for p in paths]), only_changed=only_changed, baseline=baseline)
+    if per_class:
+        from .report.perclass import parse_scores, per_class_columns
+
+        out = per_class_columns(out, parse_scores(per_class))
+    return out
 
 
 def compare(paths, a: str | None = None, b: str | None = None, *, baseline: str | None = None,

@@ -216,7 +216,8 @@ def checkpoint_epoch(model, folder: Path, epoch: int, result, watched: list, sto
 
 def watched_callbacks(callbacks: list) -> list:
     """The callbacks whose state a checkpoint carries (CALLBACK_STATE)."""
-    return [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE]
+    # a train.callbacks entry of the same class (a ReduceLROnPlateau of the user's) keeps its own state
+    return [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE and not getattr(cb, "_expkit_user", False)]
 
 
 def restore_callbacks(watched: list, checkpoint: Checkpoint, model) -> None:

@@ -148,6 +148,10 @@ def cmd_table(args) -> int:
                   f"and are left out ({', '.join(left_out)}); --reference-all shows them", file=sys.stderr)
     if args.difference:
         table = add_differences(table, args.difference)
+    if args.per_class:
+        from .report.perclass import parse_scores, per_class_columns
+
+        table = per_class_columns(table, parse_scores(args.per_class))
     text = format_table(table, args.format)
     tests_text = ""
     if args.compare or args.compare_all:
@@ -287,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", choices=["auto", "welch", "paired", "bootstrap"], default="auto",
                    help="with --compare: Welch's t-test, the paired t-test over common seeds, or a bootstrap "
                    "interval with a permutation p-value (default auto: paired when the seeds match, else welch)")
+    p.add_argument("--per-class", metavar="SCORES", help="add a column per class and score (f1, precision, recall, "
+                   "support; comma-separated): the test set's, from results.json")
     p.add_argument("--output", "-o", metavar="FILE", help="write the table here instead of standard output "
                    "(csv: the tests go to FILE's stem + .tests.csv)")
     p.add_argument("--plot", metavar="PNG", help="also draw a bar chart of the runs")
@@ -335,10 +341,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        from .repro import command_source
+        from .repro import command_source, config_source
 
-        # results.json's `command`; Ctrl-C noted like SIGTERM, so that a dropped one is raised again
-        with command_source(None if argv is None else ["expkit", *argv]), interrupt_on_sigint():
+        # results.json's `command`; Ctrl-C noted like SIGTERM, so that a dropped one is raised again;
+        # the config file named for every command, so `summary` and `--dry-run` find user modules beside it
+        with command_source(None if argv is None else ["expkit", *argv]), interrupt_on_sigint(), \
+                config_source(getattr(args, "config", None)):
             return args.func(args)
     except ConfigError as exc:
         if getattr(args, "config", None):

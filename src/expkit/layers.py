@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .registry import Registry
+from .usercode import is_reference, keras_object
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ for _name, _cls, _main in [
     ("cropping2d", "Cropping2D", "cropping"),
     ("upsampling2d", "UpSampling2D", "size"),
     ("rescaling", "Rescaling", "scale"),
+    # augmentation: Keras applies these in training only (identity in evaluate and predict)
+    ("random_flip", "RandomFlip", "mode"),
+    ("random_rotation", "RandomRotation", "factor"),
+    ("random_translation", "RandomTranslation", None),
+    ("random_zoom", "RandomZoom", "height_factor"),
+    ("random_contrast", "RandomContrast", "factor"),
     ("application", "application", "name"),
 ]:
     LAYERS.add(_name, LayerKind(_cls, _main))
@@ -93,6 +100,8 @@ REGULARIZER_SUGAR = ("l1", "l2")
 def resolve_type(name: str) -> tuple[str, LayerKind | None]:
     """Canonical name and kind; kind is None for a Keras class named directly (checked at build)."""
     name = ALIASES.get(name, name)
+    if ":" in name:  # "module:Class", a layer of the user's (expkit.usercode), resolved at build
+        return name, None
     if name in LAYERS:
         return name, LAYERS.get(name)
     if name[:1].isupper():
@@ -147,7 +156,7 @@ def _initializer(value, seed_offset: int):
         if name is None:
             raise ValueError("an initializer mapping needs a 'name', e.g. {name: glorot_normal, seed: 14}")
         return keras.initializers.get({"class_name": name, "config": value})
-    return keras.initializers.get(value)
+    return keras.initializers.get(keras_object(value))
 
 
 def _regularizer(value):
@@ -159,7 +168,7 @@ def _regularizer(value):
         value = dict(value)
         name = value.pop("name", None)
         return keras.regularizers.get({"class_name": name, "config": value})
-    return keras.regularizers.get(value)
+    return keras.regularizers.get(keras_object(value))
 
 
 def build_layer(name: str, args: Any, input_shape: tuple):
@@ -181,6 +190,8 @@ def build_layer(name: str, args: Any, input_shape: tuple):
     if kind is not None and kind.keras_class == "application":
         return _application(kwargs, input_shape)
     class_name = kind.keras_class if kind is not None else canonical
+    if is_reference(class_name):
+        return keras_object(class_name, instantiate=False)(**kwargs)
     cls = getattr(keras.layers, class_name, None)
     if cls is None or not isinstance(cls, type):
         from .registry import did_you_mean

@@ -10,6 +10,7 @@ from .errors import ConfigError, first_line
 from .graph import MODEL_INPUT, is_chain, plan_nodes
 from .layers import build_layer, is_merge, layer_arguments
 from .registry import did_you_mean
+from .usercode import call_factory, is_reference, keras_object
 
 # Losses whose targets are class indices or one-hot vectors: the output must have one unit per class.
 CLASS_LOSSES = {"categorical_crossentropy", "sparse_categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"}
@@ -33,6 +34,8 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple, num_classes: int | No
 
     if cfg.model.input_shape is not None:
         input_shape = tuple(cfg.model.input_shape)
+    if cfg.model.factory is not None:  # the user's own code builds it (expkit.usercode)
+        return call_factory(cfg.model.factory, cfg.model.args, tuple(input_shape), num_classes)
     nodes = plan_nodes(cfg.model.layers, cfg.model.blocks)
     model_input = keras.Input(shape=tuple(input_shape))
     built, outputs = _build_nodes(cfg, nodes, model_input)
@@ -111,6 +114,9 @@ def check_metrics(metrics: list[str]) -> None:
     for i, name in enumerate(metrics):
         if str(name).lower() in ("accuracy", "acc", "crossentropy", "ce"):  # compile picks the variant
             continue
+        if is_reference(name):  # the user's own: resolved (a missing module or attribute is named here)
+            keras_object(name, ("train", "metrics", i))
+            continue
         try:
             keras.metrics.get(name)
         except (ValueError, TypeError):
@@ -131,7 +137,7 @@ def check_targets(cfg: ExperimentConfig, model, targets) -> None:
 
     outputs = model(np.zeros((len(targets), *model.inputs[0].shape[1:]), dtype="float32"))
     try:
-        keras.losses.get(cfg.train.loss)(targets, outputs)
+        keras.losses.get(keras_object(cfg.train.loss, ("train", "loss")))(targets, outputs)
     except Exception as exc:  # Keras reports shape mismatches with several exception types
         encoding = "one-hot" if np.ndim(targets) == 2 else "integer"
         raise ConfigError(

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # Set for the runs of one command, and read by its worker processes too (they inherit the environment).
-CONFIG_FILE_ENV = "EXPKIT_CONFIG_FILE"
+from .usercode import CONFIG_FILE_ENV  # noqa: E402  (the config file usercode also looks beside)
 COMMAND_ENV = "EXPKIT_COMMAND"
 MAX_LISTED_FILES = 20
 # Opened while loading, but code or metadata rather than data (lazy imports, package metadata).

@@ -165,8 +165,11 @@ def new_record(run: RunFolder, cfg: ExperimentConfig, model, dataset, *, device_
     from .models import count_params
     from .repro import data_fingerprint, describe, library_versions
 
+    from .usercode import user_modules
+
     total, trainable = count_params(model)
     described = describe(dataset, device_name)
+    described["user_code"] = user_modules(cfg.to_dict()) or None  # imported by now: model, loss, callbacks built
     if described["data_sha256"] is None and data_files:
         described["data_sha256"], described["data_files"] = data_fingerprint(data_files)
     return run.new_record(
@@ -198,6 +201,13 @@ def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: st
     record.summarise(history)
     record.status, record.error = status, _plain(error)
     record.test = result.test
+    record.class_weight = getattr(result, "class_weight", None)
+    confusion = getattr(result, "confusion", None)
+    if confusion is not None:
+        from .runfolder.confusion import confusion_csv_text, per_class_scores
+
+        record.per_class = per_class_scores(confusion, result.classes)
+        run.write_confusion(confusion_csv_text(confusion, result.classes))
     record.stopped_early, record.diverged = bool(result.stopped_early), bool(result.diverged)
     record.steps_per_execution = result.steps_per_execution
     record.eval_batch_size = result.eval_batch_size or None
@@ -213,6 +223,13 @@ def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: st
             plot_curves(run.path / "metrics.csv", run.path / "curves.png", title=curves_title(record))
         except Exception as exc:  # a plot must never cost the run's record
             print(f"expkit: could not draw curves.png: {exc}", file=sys.stderr)
+    if confusion is not None:
+        try:
+            from .report.plots import plot_confusion
+
+            plot_confusion(confusion, result.classes, run.path / "confusion.png", title=curves_title(record))
+        except Exception as exc:
+            print(f"expkit: could not draw confusion.png: {exc}", file=sys.stderr)
     if status in FINISHED:
         from .checkpoint import remove_checkpoint
 

@@ -60,6 +60,11 @@ def learning_rate_value(cfg: ExperimentConfig, steps_per_epoch: int):
 def check_loss(name: str) -> None:
     import keras
 
+    from .usercode import is_reference, keras_object
+
+    if is_reference(name):  # the user's own: a missing module or attribute is named here
+        keras_object(name, ("train", "loss"))
+        return
     try:
         keras.losses.get(name)
     except (ValueError, TypeError):
@@ -103,6 +108,25 @@ class TrainResult:
     jit_compile: bool = False
     started: float = 0.0  # perf_counter at the start of fit
     previous_seconds: float = 0.0  # fit seconds of the epochs a resumed run finished before
+    confusion: object = None  # the test set's confusion matrix (numpy counts), for a classifier
+    classes: list = field(default_factory=list)  # its rows' class names
+    class_weight: dict | None = None  # {class name: weight}, train.class_weight resolved
+
+
+def test_confusion(model, dataset, batch_size: int, result: TrainResult) -> None:
+    """The test set's confusion matrix into `result`, when the model's outputs are per-class scores
+    (a classifier): one more forward pass over the test set (its cost: README.md, "What a run writes")."""
+    from .runfolder.confusion import class_indexes, confusion_matrix, predicted_classes
+
+    k = dataset.num_classes
+    if dataset.x_test is None or not len(dataset.x_test) or k < 2:
+        return
+    true = class_indexes(dataset.y_test)
+    if true.min() < 0 or true.max() >= k:  # labels that are not class indexes (a regression target)
+        return
+    predicted = predicted_classes(model.predict(dataset.x_test, batch_size=batch_size, verbose=0), k)
+    if predicted is not None:
+        result.confusion, result.classes = confusion_matrix(true, predicted, k), [str(c) for c in dataset.classes]
 
 
 def epoch_order(seed: int, epoch: int, n: int):
@@ -177,7 +201,72 @@ def make_callbacks(cfg: ExperimentConfig, result: TrainResult, on_epoch: Callabl
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode,
             restore_best_weights=es.restore_best_weights))
-    return [EpochOrder(), *callbacks, Recorder()]
+    # the user's after expkit's, before the Recorder: it reads the rate they set for the epoch
+    return [EpochOrder(), *callbacks, *user_callbacks(cfg), Recorder()]
+
+
+def user_callbacks(cfg: ExperimentConfig) -> list:
+    """train.callbacks as Keras callbacks: a name in keras.callbacks or a "module:attribute" of the user's,
+    called with the config's arguments. Each is marked, so checkpoints leave its state to it."""
+    import keras
+
+    from .usercode import is_reference, resolve
+
+    known = sorted(n for n in dir(keras.callbacks) if isinstance(getattr(keras.callbacks, n), type)
+                   and issubclass(getattr(keras.callbacks, n), keras.callbacks.Callback))
+    out = []
+    for i, spec in enumerate(cfg.train.callbacks):
+        (name, args), = spec.items()
+        path = ("train", "callbacks", i, name)
+        if is_reference(name):
+            cls = resolve(name, path)
+        elif name in known:
+            cls = getattr(keras.callbacks, name)
+        else:
+            raise ConfigError(f"unknown callback '{name}'{did_you_mean(name, known)} (a name in keras.callbacks, "
+                              "or \"module:attribute\" for your own)", path=path)
+        try:
+            callback = cls(**(args or {}))
+        except Exception as exc:  # TypeError for a wrong argument, ValueError from the callback's own checks
+            raise ConfigError(f"{name} rejected its arguments: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                              path=path) from None
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ConfigError(f"{name} made a {type(callback).__name__}, not a keras.callbacks.Callback", path=path)
+        callback._expkit_user = True
+        out.append(callback)
+    return out
+
+
+def class_weights(cfg: ExperimentConfig, dataset) -> dict[int, float] | None:
+    """train.class_weight as Keras' {class index: weight}, every class listed (unnamed ones weigh 1).
+    balanced: n / (k * count of the class) over the training labels, scikit-learn's definition."""
+    import numpy as np
+
+    from .runfolder.confusion import class_indexes
+
+    spec = cfg.train.class_weight
+    if spec is None:
+        return None
+    k = dataset.num_classes
+    if spec == "balanced":
+        counts = np.bincount(class_indexes(dataset.y_train), minlength=k)
+        n = float(counts.sum())
+        return {i: (n / (k * float(c)) if c else 1.0) for i, c in enumerate(counts)}
+    names = [str(c) for c in dataset.classes]
+    weights = {i: 1.0 for i in range(k)}
+    for key, weight in spec.items():
+        if str(key) in names:
+            index = names.index(str(key))
+        elif isinstance(key, int) or str(key).isdigit():
+            index = int(key)
+            if not 0 <= index < k:
+                raise ConfigError(f"class index {index} is out of range: the data has {k} classes (0..{k - 1})",
+                                  path=("train", "class_weight", key))
+        else:
+            raise ConfigError(f"no class named '{key}'{did_you_mean(str(key), names)} (classes: {', '.join(names)})",
+                              path=("train", "class_weight", key))
+        weights[index] = float(weight)
+    return weights
 
 
 def _test_each_epoch(x_test, y_test, batch_size: int):
@@ -232,10 +321,12 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
     auto_spe = auto_steps_per_execution(model, cfg.train.batch_size, steps_per_epoch) if spe == "auto" else 1
     result.steps_per_execution = backend.steps_per_execution(spe, auto_spe)
     jit = cfg.train.jit_compile
+    from .usercode import keras_object
+
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss=cfg.train.loss,
-        metrics=list(cfg.train.metrics),
+        loss=keras_object(cfg.train.loss, ("train", "loss")),  # a Keras name, or the user's "module:attribute"
+        metrics=[keras_object(m, ("train", "metrics", i)) for i, m in enumerate(cfg.train.metrics)],
         steps_per_execution=result.steps_per_execution,
         jit_compile=jit,
     )
@@ -260,6 +351,10 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
             initial_epoch = resume.epoch
             epochs = initial_epoch if resume.state.get("stopping") else epochs  # it had stopped early
     fit_kwargs = dict(epochs=epochs, initial_epoch=initial_epoch, verbose=verbose, callbacks=callbacks)
+    weights = class_weights(cfg, dataset)
+    if weights is not None:
+        fit_kwargs["class_weight"] = weights
+        result.class_weight = {str(dataset.classes[i]): round(w, 6) for i, w in weights.items()}
     if resolve_input_pipeline(cfg) == "tf_data":
         pipeline = backend.input_pipeline
         train_data = pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)
@@ -281,6 +376,7 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
     if dataset.x_test is not None and len(dataset.x_test) and not result.diverged:
         scores = model.evaluate(dataset.x_test, dataset.y_test, batch_size=eval_batch, verbose=0, return_dict=True)
         result.test = {k: float(v) for k, v in scores.items()}
+        test_confusion(model, dataset, eval_batch, result)
     elif result.diverged:
         result.test = {"loss": float("nan"), **{m: float("nan") for m in cfg.train.metrics}}
     return result

@@ -133,6 +133,15 @@ class TrainConfig(Section):
                              "state expkit needs), so an interrupted run resumes from its last finished epoch "
                              "(`expkit run --resume RUN_DIR`; a sweep resumes its interrupted trials). Removed when "
                              "the run finishes.")
+    class_weight: Union[Literal["balanced"], dict[Union[int, str], float], None] = Field(
+        None, description="Weight of each class in the loss, passed to Keras' fit: balanced (n_samples / (n_classes * "
+        "examples of the class), from the training set) or {class: weight}, a class by its index or its name "
+        "(classes not named weigh 1). Recorded in results.json.")
+    callbacks: list[dict[str, Any]] = Field(
+        default_factory=list, description="More Keras callbacks, each {Name: {arguments}}: a name in keras.callbacks "
+        "(ReduceLROnPlateau, CSVLogger, ...) or \"module:attribute\" for your own (a module beside the config file, "
+        "else on sys.path). They run after expkit's schedule and early stopping. A sweep's trials with callbacks "
+        "train one at a time (a vectorised group calls no Keras callback of yours).")
     test_each_epoch: bool = Field(False, description="Evaluate the test split after every epoch: test_loss and "
                                   "test_<metric> columns in metrics.csv and curves.png (none without a test split).")
 
@@ -155,6 +164,32 @@ class TrainConfig(Section):
                     f"'{section.monitor}' is not a metric this run logs{did_you_mean(section.monitor, names)} "
                     f"(logged: {', '.join(names)})", path=("train", key, "monitor"))
         return self
+
+    @field_validator("class_weight")
+    @classmethod
+    def _weights(cls, v):
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("give at least one {class: weight}, or null")
+            for key, weight in v.items():
+                if not (math.isfinite(weight) and weight >= 0):
+                    raise ConfigError(f"a class weight must be a finite number >= 0, found {weight}",
+                                      path=("train", "class_weight", key))
+        return v
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callbacks_shape(cls, v):
+        for i, spec in enumerate(v):
+            if len(spec) != 1:
+                raise ConfigError(f"expected one {{Name: {{arguments}}}} mapping per callback, found keys "
+                                  f"{sorted(map(str, spec))}", path=("train", "callbacks", i))
+            (name, args), = spec.items()
+            if args is not None and not isinstance(args, dict):
+                raise ConfigError(f"a callback's arguments are a mapping (or null), found {type(args).__name__}",
+                                  path=("train", "callbacks", i, name))
+            refuse_non_finite(args, ["train", "callbacks", i, name])
+        return v
 
     @field_validator("inter_op_threads")
     @classmethod
@@ -194,8 +229,10 @@ class BlockConfig(Section):
 
 
 class ModelConfig(Section):
-    layers: list[Any] = Field(description="One single-key mapping per layer: {type: arguments}; `name` and "
-                              "`inputs` (earlier layers' names) make a graph; a block's name uses the block.")
+    layers: list[Any] = Field(default_factory=list, description="One single-key mapping per layer: {type: arguments} "
+                              "(a type may be \"module:Class\", a layer of your own); `name` and `inputs` (earlier "
+                              "layers' names) make a graph; a block's name uses the block. Required unless `factory` "
+                              "is given.")
     input_shape: list[int] | None = Field(None, description="Override the input shape the dataset implies.")
     blocks: dict[str, BlockConfig] = Field(
         default_factory=dict, description="Reusable blocks with parameters, used by name in `layers` "
@@ -203,6 +240,23 @@ class ModelConfig(Section):
     weights: str | None = Field(
         None, description="A Keras weights file (.weights.h5) loaded into the built model, e.g. pretrained "
         "weights to fine-tune; a relative path is read beside the config file that names it.")
+    factory: str | None = Field(
+        None, description="\"module:function\" returning a keras.Model, instead of layers: called with `args`, and "
+        "with input_shape and num_classes when it takes them (the module beside the config file, else on sys.path).")
+    args: dict[str, Any] = Field(default_factory=dict, description="factory: its keyword arguments.")
+
+    @model_validator(mode="after")
+    def _layers_or_factory(self):
+        if self.factory is None and not self.layers:
+            raise ConfigError("required key is missing (or give model.factory)", path=("model", "layers"))
+        if self.factory is not None and self.layers:
+            raise ConfigError("give model.layers or model.factory, not both", path=("model", "factory"))
+        if self.factory is None and self.args:
+            raise ConfigError("model.args are the factory's arguments: give model.factory too", path=("model", "args"))
+        if self.factory is not None and ":" not in self.factory:
+            raise ConfigError(f"expected \"module:function\", found '{self.factory}'", path=("model", "factory"))
+        refuse_non_finite(self.args, ["model", "args"])
+        return self
 
     @field_validator("layers")
     @classmethod
@@ -221,7 +275,8 @@ class ModelConfig(Section):
         # model.layers[i] path instead of being folded into a ValidationError.
         for name, block in self.blocks.items():
             refuse_non_finite(block.model_dump(), ["model", "blocks", name])
-        plan_nodes(self.layers, self.blocks)
+        if self.factory is None:  # a factory's model is the user's code: no layers to plan
+            plan_nodes(self.layers, self.blocks)
         return self
 
 

@@ -244,7 +244,17 @@ def _run_card(index: int, run: dict, base: dict | None, columns: list[str], tmp:
     diff = _config_diff(run, base, columns) if base is not None else ""
     return (f'<article class="run" id="run-{index}"><h3>{_e(label)}</h3>'
             f'<p class="meta">{_status(run.get("status"))}{_e(seed)} · {_e(" · ".join(numbers))}<br>'
-            f"<code>{_e(folder)}</code></p>{picture}{diff}{_provenance(folder)}</article>")
+            f"<code>{_e(folder)}</code></p>{picture}{_per_class(folder, label)}{diff}{_provenance(folder)}</article>")
+
+
+def _per_class(folder: Path, label: str) -> str:
+    """The run's confusion matrix and per-class scores (a classifier's finished run), else nothing."""
+    from .perclass import per_class_html, read_per_class
+
+    per_class = read_per_class(folder) if (folder / "results.json").is_file() else None
+    picture = folder / "confusion.png"
+    out = _figure(picture, f"test-set confusion matrix of {label}") if picture.is_file() else ""
+    return out + (per_class_html(per_class, _e) if per_class else "")
 
 
 # --- the page ---------------------------------------------------------------------------------------

@@ -71,6 +71,32 @@ def plot_curves(metrics_csv_path: str | Path, out_png: str | Path, title: str) -
     return write_figure_atomic(fig, out_png, dpi=DPI)
 
 
+def plot_confusion(counts, classes: list[str], out_png: str | Path, title: str) -> Path:
+    """The test set's confusion matrix: counts in each cell, shaded by the share of the true class
+    (row), so a small class's mistakes show as plainly as a large one's."""
+    import numpy as np
+
+    counts = np.asarray(counts)
+    k = len(classes)
+    side = min(9.0, 2.5 + 0.45 * k)
+    fig, (ax,) = _figure(1, width=side, height=side * 0.9)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    if k <= 20:  # more cells than that cannot hold readable numbers
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    labels = [c if len(c) <= 12 else c[:11] + "…" for c in map(str, classes)]
+    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\ntest set, {int(counts.sum())} examples", fontsize=9)
+    return write_figure_atomic(fig, out_png, dpi=DPI)
+
+
 def _counterpart(metric: str) -> str:
     if "accuracy" in metric:
         return metric.replace("accuracy", "loss")

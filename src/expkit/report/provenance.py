@@ -28,14 +28,17 @@ def sidecar_path(table_path: str | Path) -> Path:
 
 
 def run_provenance(folder: str | Path) -> dict | None:
-    """{"versions", "git", "data_sha256"} of one run folder; None without a readable record."""
+    """{"versions", "git", "data_sha256"} (and "user_code": {module: sha256}) of one run folder; None
+    without a readable record."""
     try:
         record = read_record(folder)
     except DamagedRecord:
         return None
     if record is None:
         return None
-    return {"versions": dict(record.versions or {}), "git": record.git, "data_sha256": record.data_sha256}
+    code = {str(m.get("module")): m.get("sha256") for m in (record.user_code or []) if isinstance(m, dict)}
+    return {"versions": dict(record.versions or {}), "git": record.git, "data_sha256": record.data_sha256,
+            **({"user_code": code} if code else {})}
 
 
 def _folders(cell: str, base: Path) -> list[Path]:
@@ -117,6 +120,17 @@ def compare_provenance(old: list[dict], new: list[dict]) -> list[str]:
     if a and b and a != b:
         lines.append(f"the tables come from different data: sha256 {_shown([v[:12] for v in a])} -> "
                      f"{_shown([v[:12] for v in b])}")
+    modules = []
+    for entry in old + new:
+        modules += [m for m in (entry.get("user_code") or {}) if m not in modules]
+    code = []
+    for module in modules:  # the user's own modules (model.factory, "module:attribute" names), by file hash
+        a = _values(old, lambda e: (e.get("user_code") or {}).get(module))
+        b = _values(new, lambda e: (e.get("user_code") or {}).get(module))
+        if a and b and a != b:
+            code.append(f"{module} sha256 {_shown([v[:12] for v in a])} -> {_shown([v[:12] for v in b])}")
+    if code:
+        lines.append(f"the tables come from different user code: {'; '.join(code)}")
     a = _values(old, lambda e: _commit(e.get("git")))
     b = _values(new, lambda e: _commit(e.get("git")))
     if a and b and a != b:

@@ -34,6 +34,9 @@ FINISHED = (DONE, DIVERGED, PRUNED)  # a sweep skips these on resume
 AVERAGED = (DONE, DIVERGED)  # what tables average over seeds (a pruned trial trained fewer epochs)
 
 
+CONFUSION_CSV = "confusion.csv"  # the test set's confusion matrix (runfolder/confusion.py)
+
+
 class DamagedRecord(ConfigError):
     """A run-folder file that exists but cannot be read (truncated JSON, garbage CSV)."""
 
@@ -69,6 +72,8 @@ class RunRecord:
     best: dict = field(default_factory=_nan_metrics)   # max accuracy / min loss over the epochs run
     final: dict = field(default_factory=_nan_metrics)  # the last epoch
     test: dict | None = None
+    per_class: dict | None = None        # {class: {precision, recall, f1, support}} on the test set (confusion.csv)
+    class_weight: dict | None = None     # {class: weight} the loss was weighted with (train.class_weight)
     fit_seconds: float = 0.0
     epochs_run: int = 0
     stopped_early: bool = False
@@ -92,6 +97,7 @@ class RunRecord:
     data_sha256: str | None = None       # one hash over the files the dataset was read from (null: generated)
     data_files: list | None = None       # [{"path", "bytes", "sha256"}], the first 20
     command: str | None = None
+    user_code: list | None = None        # [{"module", "path", "sha256"}]: the user modules it imported (usercode.py)
     resumed: list = field(default_factory=list)  # [{"epoch", "at"}]: resumed after that many epochs, then
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept on rewrite
 
@@ -297,6 +303,11 @@ class RunFolder:
         if rows:
             self._check_held()
             write_text_atomic(self.path / "metrics.csv", metrics_csv_text(rows))
+
+    def write_confusion(self, text: str) -> None:
+        """confusion.csv, as runfolder.confusion.confusion_csv_text writes it (and read_confusion reads it)."""
+        self._check_held()
+        write_text_atomic(self.path / CONFUSION_CSV, text)
 
     def write_record(self, record: RunRecord) -> None:
         self._check_held()

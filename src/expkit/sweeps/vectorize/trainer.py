@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...stopping import check as check_stop
-from ...train import TrainResult, make_callbacks, epoch_order, eval_batch_size, make_optimizer
+from ...train import TrainResult, make_callbacks, epoch_order, eval_batch_size, make_optimizer, test_confusion
 from .program import Program, find_knobs
 
 # Dropping pruned lanes recompiles the program for the rest: done when the training it saves (the
@@ -92,8 +92,10 @@ def build_member_model(cfg, dataset, steps_per_epoch: int):
     keras.utils.set_random_seed(cfg.seed)  # backend.seed_everything, less its TensorFlow import (see worker)
     current().set_determinism(cfg.train.deterministic)
     _, model = prepare(cfg, dataset=dataset)
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=cfg.train.loss,
-                  metrics=list(cfg.train.metrics), jit_compile=True)
+    from ...usercode import keras_object
+
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=keras_object(cfg.train.loss),
+                  metrics=[keras_object(m) for m in cfg.train.metrics], jit_compile=True)
     # Keras' own fit builds the optimizer and the compiled metrics this way before its first step.
     model._symbolic_build(data_batch=(dataset.x_train[:1], dataset.y_train[:1]))
     return model
@@ -155,6 +157,7 @@ class GroupTrainer:
         for i, member in enumerate(members):
             member.index = i
         self.pool_index = jnp.asarray([m.pool for m in members], dtype=jnp.int32)
+        self.datasets = datasets
         self.template = models[0]
         self.program = Program(self.template, find_knobs(models), scan=not convolutions_on_cpu(self.template))
         self.state = stack([state_of(m) for m in models])
@@ -380,3 +383,5 @@ class GroupTrainer:
                 m.result.test = {"loss": math.nan, **{k: math.nan for k in m.cfg.train.metrics}}
             else:
                 m.result.test = {k: float(v[i]) for k, v in scores.items()}
+                # one predict program for the template model, each trial's weights in turn
+                test_confusion(self.model_of(i), self.datasets[m.pool], self.eval_batch, m.result)
