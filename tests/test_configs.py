@@ -332,9 +332,28 @@ EXPECTED_TRIALS = {
 }
 
 
+SEARCHES = {"search_dropout.yaml": 20}  # configurations a search proposes (sweep.search.trials)
+
+
 def test_every_sweep_has_an_expected_trial_count():
-    sweeps = {n for n in CONFIGS if load_config(CONFIG_DIR / n).sweep is not None}
-    assert sweeps == set(EXPECTED_TRIALS)
+    sweeps = {n: load_config(CONFIG_DIR / n).sweep for n in CONFIGS}
+    assert {n for n, s in sweeps.items() if s is not None and not s.space} == set(EXPECTED_TRIALS)
+    assert {n for n, s in sweeps.items() if s is not None and s.space} == set(SEARCHES)
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+def test_a_search_config_has_its_budget_and_its_models_build(name, tmp_path):
+    import keras
+    from expkit.sweeps.search import Search
+    from expkit.sweeps.trials import configuration_trials
+
+    cfg = load_config(CONFIG_DIR / name)
+    search = Search(cfg, tmp_path)
+    assert search.budget == SEARCHES[name]
+    for corner in ("low", "high"):  # the space's ends build
+        values = {k: (d.choices[0] if d.kind == "choice" else getattr(d, corner)) for k, d in search.space.items()}
+        describe(configuration_trials(cfg, values)[0].config)
+    keras.backend.clear_session()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TRIALS))
