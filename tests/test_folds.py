@@ -14,6 +14,7 @@ from expkit.config import DataConfig, validate
 from expkit.data import load_dataset
 from expkit.errors import ConfigError
 from expkit.report import collect_runs
+from expkit.report.formatting import format_table
 from expkit.report.stats import table_tests
 from expkit.report.table import comparison_table
 from expkit.sweeps.trials import expand_sweep
@@ -106,31 +107,6 @@ def test_more_folds_than_training_examples_is_one_line_naming_the_key(tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_cross_validated_sweep_is_one_row_over_its_folds_with_mean_std_and_the_folds(tiny_config, tmp_path):
-    from expkit.sweeps.driver import run_sweep
-
-    small = {**tiny_config, "data": {**tiny_config["data"], "options": {**tiny_config["data"]["options"], "n_train": 60}},
-             "train": {**tiny_config["train"], "epochs": 1}}
-    cfg = validate({**small, "sweep": {"folds": 3, "vectorize": False}})
-    sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path / "runs", log=open(os.devnull, "w"))
-    assert counts == {"done": 3}
-    runs = collect_runs([sweep_dir])
-    assert runs["fold"].tolist() == [0, 1, 2] and runs["seed"].tolist() == [3, 3, 3]
-    vals = [yaml.safe_load((Path(p) / "config.yaml").read_text())["data"]["fold"] for p in runs["path"]]
-    assert vals == [{"index": i, "of": 3} for i in range(3)]
-    accuracies = runs["best_val_accuracy"].to_numpy()
-    assert len(set(runs["best_val_loss"])) == 3  # three different validation sets
-    table = comparison_table(runs)
-    assert len(table) == 1
-    row = table.iloc[0]
-    assert row["seeds"] == 3 and row["folds"] == 3 and row["run"] == "tiny"
-    assert row["best_val_accuracy"] == pytest.approx(accuracies.mean())
-    assert row["best_val_accuracy_std"] == pytest.approx(accuracies.std(ddof=1))
-    results = (sweep_dir / "results.md").read_text()
-    assert "| seeds | folds |" in results
-    assert f"{accuracies.mean():.4f} ± {accuracies.std(ddof=1):.4f}" in results
-
-
 def test_tests_between_rows_pair_on_each_seed_and_fold(tmp_path):
     scipy_stats = pytest.importorskip("scipy.stats")
     a, b = {}, {}
@@ -145,6 +121,10 @@ def test_tests_between_rows_pair_on_each_seed_and_fold(tmp_path):
     runs = collect_runs(paths)
     table = comparison_table(runs)
     assert table["folds"].tolist() == [3, 3] and table["seeds"].tolist() == [6, 6]
+    wide = np.array([a[k] for k in sorted(a)])
+    assert table["best_val_accuracy"][0] == pytest.approx(wide.mean())
+    assert "| done | 6 | 3 |" in format_table(table, "markdown")
+    assert f"{wide.mean():.4f} ± {wide.std(ddof=1):.4f}" in format_table(table, "markdown")
     tests = table_tests(runs, table, compare=[["wide", "narrow"]], metrics=["best_val_accuracy"])
     got = tests.iloc[0]
     keys = sorted(a)
@@ -161,9 +141,27 @@ def test_tests_between_rows_pair_on_each_seed_and_fold(tmp_path):
 @needs_jax
 def test_a_vectorised_group_over_folds_equals_its_trials_one_at_a_time(tiny_config, tmp_path, monkeypatch):
     """Folds are data, not shapes: the folds of a seed are data pools of one program. 121 examples cut in
-    3 are folds of 41, 40 and 40: the folds of each size train as one program."""
+    3 are folds of 41, 40 and 40: the folds of each size train as one program. The sweep's table averages
+    each rate over its folds."""
     monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
     tiny = {**tiny_config, "data": {**tiny_config["data"], "options": {**tiny_config["data"]["options"], "n_train": 121}}}
     cfg = sweep_cfg(tiny, {"grid": {"train.learning_rate": [0.01, 0.05]}, "folds": 3, "vectorize": True}, epochs=1)
     log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 6})
     assert "2 trials as one JAX program" in log and "4 trials as one JAX program" in log
+    # the sweep's table: a row per rate over its three folds, mean ± std of the three runs
+    sweep_dir = tmp_path / "vec" / "vec"
+    runs = collect_runs([sweep_dir])
+    assert runs["fold"].tolist() == [0, 1, 2, 0, 1, 2] and runs["seed"].tolist() == [3] * 6
+    configs = [yaml.safe_load((Path(p) / "config.yaml").read_text())["data"]["fold"] for p in runs["path"][:3]]
+    assert configs == [{"index": i, "of": 3} for i in range(3)]
+    assert len(set(runs["best_val_loss"][:3])) == 3  # three different validation sets
+    table = comparison_table(runs)
+    assert table["run"].tolist() == ["vec[learning_rate=0.01]", "vec[learning_rate=0.05]"]
+    assert table["seeds"].tolist() == [3, 3] and table["folds"].tolist() == [3, 3]
+    results = (sweep_dir / "results.md").read_text()
+    assert "| seeds | folds |" in results
+    for row, members in zip(table.to_dict("records"), (runs[:3], runs[3:])):
+        accuracies = members["best_val_accuracy"].to_numpy()
+        assert row["best_val_accuracy"] == pytest.approx(accuracies.mean())
+        assert row["best_val_accuracy_std"] == pytest.approx(accuracies.std(ddof=1))
+        assert f"{accuracies.mean():.4f} ± {accuracies.std(ddof=1):.4f}" in results
