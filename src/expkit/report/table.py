@@ -11,8 +11,8 @@ from ..errors import ConfigError
 from ..files import write_text_atomic
 from ..runfolder import AVERAGED, is_sweep_folder, read_manifest
 from .collect import collect_runs, sweep_name
-from .columns import (CONFIG_PREFIX, FIT_SHARED, FOLD, FOLDS, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
-                      is_missing, short_keys)
+from .columns import (CONFIG_PREFIX, FIT_SHARED, FOLD, FOLDS, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float,
+                      cell_text, is_compared, is_missing, short_keys)
 from .formatting import DIFFERENCE_PREFIX, PUBLISHED, format_table
 
 
