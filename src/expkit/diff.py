@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .report import DIFFERENCE_PREFIX, METRICS, PUBLISHED, format_number, read_table_csv
 from .report.provenance import compare_provenance, read_provenance
 
-NOT_KEYS = {"path", "status", "seeds", "fit_shared"}  # fit_shared: how a trial trained, not what it is
+NOT_KEYS = {"path", "status", "seeds", "folds", "fit_shared"}  # fit_shared: how a trial trained, not what it is
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ..backend import default_backend
 from ..errors import ConfigError
 from ..registry import did_you_mean
 from .base import Section
+from .folds import FoldConfig, check_folds
 from .search import PruneConfig, SearchConfig, check_search
 
 SEED_MAX = 2**32 - 1  # numpy's and Keras' seeds are unsigned 32-bit integers
@@ -61,6 +62,9 @@ class DataConfig(Section):
     labels: Literal["auto", "one_hot", "integer"] = Field(
         "auto", description="Label encoding; auto picks one-hot for categorical_crossentropy, integers otherwise."
     )
+    fold: FoldConfig | None = Field(
+        None, description="Cross-validation: validate on fold `index` of `of` equal parts of the training set (after "
+        "limit and the seeded shuffle), train on the others; sweep.folds sets it in each trial.")
 
     @field_validator("options")
     @classmethod
@@ -328,6 +332,9 @@ class SweepConfig(Section):
     zip: dict[str, list[Any]] = Field(
         default_factory=dict, description="Keys that move together, one trial per position (lists of equal length).")
     seeds: list[Seed] | None = Field(None, description="Repeat every trial with each of these seeds.")
+    folds: int | None = Field(
+        None, ge=2, description="K-fold cross-validation: repeat every trial (at every seed) on each of K splits of "
+        "the training set (data.fold), each fold's validation set a K-th of it; tables average the folds as seeds.")
     vectorize: Union[bool, Literal["auto"]] = Field(
         "auto", description="Train trials that differ only in numbers that change no shape (learning rate, optimizer "
         "and schedule settings, L1/L2 factors, dropout rates, seeds) together as one compiled JAX program, each "
@@ -384,8 +391,8 @@ class SweepConfig(Section):
             except ConfigError as exc:
                 raise ConfigError(exc.message, path=f"sweep.space.{key}") from None
         check_search(self)
-        if not (self.grid or self.zip or self.seeds or self.space):
-            raise ValueError("an empty sweep: give grid, zip, seeds or a search space")
+        if not (self.grid or self.zip or self.seeds or self.folds or self.space):
+            raise ValueError("an empty sweep: give grid, zip, seeds, folds or a search space")
         return self
 
 
@@ -444,6 +451,11 @@ class ExperimentConfig(Section):
         return v
 
     @model_validator(mode="after")
+    def _folds_choose_the_validation_set(self):
+        check_folds(self)
+        return self
+
+    @model_validator(mode="after")
     def _val_monitors_need_a_validation_set(self):
         # Keras only warns, every epoch, that val_loss is missing: early stopping never fires.
         if self.data.validation_split != 0:
@@ -461,9 +473,14 @@ class ExperimentConfig(Section):
         data = self.model_dump(mode="json")
         if data["provenance"] is None:  # an unmarked config resolves (and its trials hash) as before the key existed
             del data["provenance"]
-        for key, unset in (("blocks", {}), ("weights", None)):  # likewise for a model without them
-            if data["model"][key] == unset:
-                del data["model"][key]
+        for section, key, unset in (("model", "blocks", {}), ("model", "weights", None), ("model", "factory", None),
+                                    ("model", "args", {}), ("train", "class_weight", None), ("train", "callbacks", [])):
+            if data[section][key] == unset:  # likewise for a config without them
+                del data[section][key]
+        if data["data"]["fold"] is None:  # likewise a run without cross-validation
+            del data["data"]["fold"]
+        if data["sweep"] is not None and data["sweep"]["folds"] is None:
+            del data["sweep"]["folds"]
         return data
 
 

@@ -1,7 +1,8 @@
 """From a `data:` config section to train/validation/test arrays ready for Keras.
 
 The steps, in order: the source's raw arrays -> `limit`/`test_limit` (file order) -> seeded shuffle of
-the training set -> validation split from its end -> `scale` -> `layout` -> `labels`. Everything
+the training set -> validation split from its end, or with `fold` the fold's K-th of it (`fold_split`)
+-> `scale` -> `layout` -> `labels`. Everything
 depends only on (config, seed): the same seed gives the same arrays in the same order.
 """
 
@@ -63,7 +64,10 @@ def load_dataset(cfg: DataConfig, seed: int, loss: str) -> Dataset:
         order = np.random.default_rng(seed).permutation(len(x_train))
         x_train, y_train = x_train[order], y_train[order]
 
-    if cfg.validation_split is None and raw.x_val is not None:
+    if cfg.fold is not None:  # the folds are cut from the training set; a source's own validation set is unused
+        train_at, val_at = fold_split(len(x_train), cfg.fold.of, cfg.fold.index)
+        x_train, x_val, y_train, y_val = x_train[train_at], x_train[val_at], y_train[train_at], y_train[val_at]
+    elif cfg.validation_split is None and raw.x_val is not None:
         x_val, y_val = raw.x_val, raw.y_val
     else:
         split = DEFAULT_VALIDATION_SPLIT if cfg.validation_split is None else cfg.validation_split
@@ -101,6 +105,18 @@ def probe_dataset(cfg: DataConfig) -> tuple[tuple[int, ...], int]:
     if cfg.layout == "flat":
         return (int(np.prod(shape)),), num_classes
     return _image_shape(shape), num_classes
+
+
+def fold_split(n: int, folds: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training positions, validation positions) of fold `index` of `folds`: the n examples (already in
+    the seed's shuffled order) cut into `folds` consecutive parts, the first n % folds one example longer,
+    as scikit-learn's KFold cuts them; fold i validates on part i. Over the folds the validation sets are
+    disjoint and cover the training set once."""
+    if folds > n:
+        raise ConfigError(f"{folds} folds of {n} training examples leave a fold empty; at most {n} folds "
+                          "(sweep.folds sets data.fold.of)", path="data.fold.of")
+    parts = np.array_split(np.arange(n), folds)
+    return np.concatenate([p for i, p in enumerate(parts) if i != index]), parts[index]
 
 
 def _validation_count(n: int, split: float) -> int:

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..files import read_yaml_file
 from ..runfolder import (DAMAGED, PENDING, DamagedRecord, RunRecord, is_run_folder, is_sweep_folder, read_manifest, read_metrics, read_record,
                          read_status)
-from .columns import (CONFIG_PREFIX, EARLIER, FIT_SHARED, GRID, METRICS, RUN_COLUMNS, compact, flatten_config,
+from .columns import (CONFIG_PREFIX, EARLIER, FIT_SHARED, FOLD, GRID, METRICS, RUN_COLUMNS, compact, flatten_config,
                       short_keys)
 
 NOT_A_RUN = ("expected a run folder (results.json or status.json), a sweep folder (manifest.json), "
@@ -51,11 +51,13 @@ def collect_runs(paths: Iterable[str | Path] | str | Path, notes: list | None = 
         run_columns.insert(run_columns.index("status") + 1, GRID)
     if any(row.get(FIT_SHARED) for row in rows):
         run_columns.append(FIT_SHARED)
+    if any(row.get(FOLD) is not None for row in rows):  # sweep.folds: the fold beside the seed
+        run_columns.insert(run_columns.index("seed") + 1, FOLD)
     swept: list[str] = []
     cfg: list[str] = []
     for row in rows:
         for key in row:
-            if key in cfg or key in swept or key in run_columns or key in (GRID, FIT_SHARED) or key in METRICS:
+            if key in cfg or key in swept or key in run_columns or key in (GRID, FIT_SHARED, FOLD) or key in METRICS:
                 continue
             (cfg if key.startswith(CONFIG_PREFIX) else swept).append(key)
     for row in rows:  # a plain run beside a sweep shows the swept key's value from its config
@@ -162,6 +164,8 @@ def _sweep_rows(sweep: Path) -> list[dict]:
             row[GRID] = EARLIER
         if row.get("seed") is None:
             row["seed"] = trial.get("seed", values.get("seed"))
+        if row.get(FOLD) is None and trial.get("fold") is not None:
+            row[FOLD] = trial["fold"]
         for key in all_keys:
             value = values.get(key)
             row[key] = value if isinstance(value, (int, float, str, bool)) or value is None else compact(value)
@@ -204,6 +208,8 @@ def _run_row(folder: Path, *, label: str | None = None) -> dict:
     if row.get("seed") is None:
         row["seed"] = record.seed if record is not None and record.seed is not None else config.get("seed")
     row.update({f"{CONFIG_PREFIX}{k}": v for k, v in flatten_config(config).items()})
+    if row.get(f"{CONFIG_PREFIX}data.fold.index") is not None:
+        row[FOLD] = row[f"{CONFIG_PREFIX}data.fold.index"]
     return row
 
 

@@ -41,12 +41,17 @@ NOT_COMPARED = ("name", "seed", "description", "sweep")
 # Keys that say how a run was recorded, never what it computed (config.RECORDING_KEYS, which a test
 # keeps equal to this; here as text so that tables load no pydantic), and its printing.
 NOT_COMPARED_KEYS = ("track", "train.save_model", "train.checkpoint", "train.test_each_epoch", "train.verbose")
+# Cross-validation (sweep.folds): which fold a run validated on is a repeat, as its seed is, so the folds
+# of one config share its row; how many folds (`data.fold.of`) is compared. The runs' `fold` column and
+# the table's `folds` column (the folds a row averages) exist only in tables that hold such a run.
+REPEAT_KEYS = ("data.fold.index",)
+FOLD, FOLDS = "fold", "folds"
 
 
 def is_compared(key: str) -> bool:
     """Whether a config key (dotted, without the `cfg:` prefix) can tell two experiments apart."""
     return key.split(".", 1)[0] not in NOT_COMPARED and not any(
-        key == k or key.startswith(k + ".") for k in NOT_COMPARED_KEYS)
+        key == k or key.startswith(k + ".") for k in NOT_COMPARED_KEYS) and key not in REPEAT_KEYS
 CONFIG_PREFIX = "cfg:"
 
 

@@ -7,7 +7,8 @@ difference of means A - B, a confidence interval and a two-sided p-value:
 
 - `welch`: Welch's t-test (`ttest_ind(equal_var=False)`), for rows that ran different seeds;
 - `paired`: the paired t-test (`ttest_rel`) over the seeds both rows ran, which removes what a seed
-  does to both (its data split, its initial weights);
+  does to both (its data split, its initial weights); with cross-validation (sweep.folds) each
+  (seed, fold) is a repeat, and rows pair on the same fold of the same seed;
 - `bootstrap`: a percentile bootstrap interval of the difference (`bootstrap`, each row's seeds
   resampled on their own, 9,999 resamples, a fixed random state) with the p-value of a permutation test (`permutation_test`; with 3 seeds a side
   there are only 20 distinct splits, so p cannot go below 0.1);
@@ -24,7 +25,7 @@ import math
 import warnings
 
 from ..errors import ConfigError
-from .columns import METRICS, STD_METRICS, as_float
+from .columns import FOLD, METRICS, STD_METRICS, as_float, is_missing
 from .formatting import PUBLISHED, escape_latex, escape_markdown, format_number
 
 TESTS = ("auto", "welch", "paired", "bootstrap")
@@ -123,11 +124,13 @@ def welch_worse_p(old_mean: float, old_std: float, old_n: int, new_mean: float, 
 
 
 def seed_values(members: list[dict], metric: str) -> dict:
-    """seed -> the metric's value, over a row's runs (`table.seed_groups`); a seed twice keeps both apart."""
+    """seed -> the metric's value, over a row's runs (`table.seed_groups`); a seed twice keeps both apart.
+    With cross-validation a repeat is (seed, fold): two rows pair on the same split of the same data."""
     out: dict = {}
     for i, member in enumerate(members):
-        seed = member.get("seed")
-        out[seed if seed is not None and seed not in out else f"#{i}"] = as_float(member.get(metric))
+        seed, fold = member.get("seed"), member.get(FOLD)
+        key = seed if seed is None or is_missing(fold) else (seed, fold)
+        out[key if key is not None and key not in out else f"#{i}"] = as_float(member.get(metric))
     return out
 
 

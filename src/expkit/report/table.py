@@ -11,14 +11,16 @@ from ..errors import ConfigError
 from ..files import write_text_atomic
 from ..runfolder import AVERAGED, is_sweep_folder, read_manifest
 from .collect import collect_runs, sweep_name
-from .columns import (CONFIG_PREFIX, FIT_SHARED, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float, cell_text, is_compared,
-                      is_missing, short_keys)
+from .columns import (CONFIG_PREFIX, FIT_SHARED, FOLD, FOLDS, GRID, METRICS, RUN_COLUMNS, STD_METRICS, as_float,
+                      cell_text, is_compared, is_missing, short_keys)
 from .formatting import DIFFERENCE_PREFIX, PUBLISHED, format_table
 
 
 def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | None = None):
     """Runs that differ only by seed become one row: the mean of each metric, `<metric>_std`
     (sample standard deviation, NaN for a single seed) and `seeds` (the finished runs averaged).
+    The folds of a cross-validation (sweep.folds) are repeats as seeds are: one row averages every
+    seed's every fold, and a `folds` column (only in tables with such runs) counts the folds it holds.
 
     The mean is over the group's finished runs (done or diverged; a diverged run's NaN stays
     NaN), or, when none has finished, over what the unfinished ones recorded (seeds 0). Rows keep
@@ -32,6 +34,7 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
     swept, cfg_cols, compared, groups, configs, labels = _grouped(runs_df, records)
     with_grid = any(_grid(r) for r in records)
     with_shared = any(cell_text(r.get(FIT_SHARED)) for r in records)
+    with_folds = any(not is_missing(r.get(FOLD)) for r in records)
     known = [c for c in configs if c is not None]
     changed = [c for c in compared if len({cell_text(k.get(c)) for k in known}) > 1] if only_changed else []
     rows = []
@@ -46,6 +49,8 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
         finished = [m for m in members if m["status"] in AVERAGED]
         averaged = finished or members
         row["seeds"] = len(finished)
+        if any(not is_missing(m.get(FOLD)) for m in members):
+            row[FOLDS] = len({m[FOLD] for m in finished if not is_missing(m.get(FOLD))})
         for metric in METRICS:
             values = [as_float(m.get(metric)) for m in averaged]
             row[metric] = sum(values) / len(values)
@@ -56,7 +61,8 @@ def comparison_table(runs_df, *, only_changed: bool = False, baseline: str | Non
 
     if baseline is not None:
         rows += _difference_rows(rows, baseline)
-    order = ["run"] + swept + [_unprefixed(c) for c in changed] + ["status"] + ([GRID] if with_grid else []) + ["seeds"]
+    order = (["run"] + swept + [_unprefixed(c) for c in changed] + ["status"] + ([GRID] if with_grid else []) + ["seeds"]
+             + ([FOLDS] if with_folds else []))
     for metric in METRICS:
         order += [metric] + ([f"{metric}_std"] if metric in STD_METRICS else [])
         if metric == "fit_seconds" and with_shared:
@@ -70,8 +76,8 @@ def _grouped(runs_df, records: list[dict]):
     group's config (from a member that has one: a pending trial has none) and its row label."""
     columns = list(runs_df.columns)
     cfg_cols = [c for c in columns if c.startswith(CONFIG_PREFIX)]
-    swept = [c for c in columns
-             if c not in RUN_COLUMNS and c not in (GRID, FIT_SHARED) and c not in METRICS and not c.startswith(CONFIG_PREFIX)]
+    swept = [c for c in columns if c not in RUN_COLUMNS and c not in (GRID, FIT_SHARED, FOLD) and c not in METRICS
+             and not c.startswith(CONFIG_PREFIX)]
     compared = [c for c in cfg_cols if is_compared(c[len(CONFIG_PREFIX):]) and c[len(CONFIG_PREFIX):] not in swept]
     groups = _group_by_config(records, cfg_cols, compared)
     configs = [next((m for m in g if _has_config(m, cfg_cols)), None) for g in groups]

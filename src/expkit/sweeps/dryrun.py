@@ -29,16 +29,20 @@ def dry_run(cfg: ExperimentConfig, out=None, *, device: str = "auto", jobs: int 
 
     measured = preflight(trials, measure=measure)
     rows = [{"trial": i, "id": t.id, "values": t.label(), "seed": t.seed, "params": measured[t.id][0],
-             "output": measured[t.id][1]} for i, t in enumerate(trials, 1)]
+             "output": measured[t.id][1], **({"fold": t.fold} if t.fold is not None else {})}
+            for i, t in enumerate(trials, 1)]
+    folds = cfg.sweep.folds is not None
     on_cpu = device == "cpu" or not current().gpus()
     groups, group_lines = dry_run_groups(cfg, trials, {k: v[2] for k, v in measured.items()}, on_cpu=on_cpu)
     for r in rows:
         r["group"] = groups[r["id"]]
     width = max(len(r["values"]) for r in rows)
-    print(f"{'#':>3}  {'id':10}  {'values':{width}}  {'seed':>4}  {'group':>5}  {'params':>10}  output", file=out)
+    fold_head = f"  {'fold':>4}" if folds else ""
+    print(f"{'#':>3}  {'id':10}  {'values':{width}}  {'seed':>4}{fold_head}  {'group':>5}  {'params':>10}  output", file=out)
     for r in rows:
-        print(f"{r['trial']:>3}  {r['id']:10}  {r['values']:{width}}  {r['seed']:>4}  {r['group']:>5}  {r['params']:>10,}  "
-              f"{r['output']}", file=out)
+        fold = f"  {r['fold']:>4}" if folds else ""
+        print(f"{r['trial']:>3}  {r['id']:10}  {r['values']:{width}}  {r['seed']:>4}{fold}  {r['group']:>5}  "
+              f"{r['params']:>10,}  {r['output']}", file=out)
     print(f"{len(rows)} trials; every model built.", file=out)
     for line in group_lines:
         print(line, file=out)

@@ -28,9 +28,10 @@ def manifest(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path) -> dic
         "name": cfg.name,
         "keys": keys,
         "seeds": cfg.sweep.seeds,
+        **({"folds": cfg.sweep.folds} if cfg.sweep.folds else {}),
         **({"search": {"sampler": search.sampler, "objective": search.objective, "direction": search.goal}}
            if cfg.sweep.space and search is not None else {}),
-        "trials": [{"id": t.id, "values": t.values, "seed": t.seed, "status": read_status(sweep_dir / t.id)}
+        "trials": [{**t.record(), "status": read_status(sweep_dir / t.id)}
                    for t in trials]
         + [{**t, "status": read_status(sweep_dir / str(t["id"])), "in_grid": False} for t in earlier],
     }

@@ -24,6 +24,12 @@ class Trial:
     seed: int
     config: ExperimentConfig
     prune: dict | None = None  # sweep.prune: the rule that may stop it early (sweeps.pruning)
+    fold: int | None = None    # sweep.folds: the fold it validates on (data.fold.index), a repeat like the seed
+
+    def record(self) -> dict:
+        """What its run folder's results.json and the manifest say about the trial."""
+        return {"id": self.id, "values": self.values, "seed": self.seed,
+                **({"fold": self.fold} if self.fold is not None else {})}
 
     def label(self) -> str:
         parts = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in self.values.items()]
@@ -32,7 +38,8 @@ class Trial:
     def heading(self, position: int | None = None, total: int | None = None) -> str:
         """How every line about this trial starts: `[3/10] train.learning_rate=0.01 seed=14 (8a24db6a09)`."""
         where = f"[{position}/{total}] " if position is not None else ""
-        return f"{where}{self.label()} seed={self.seed} ({self.id})"
+        fold = f" fold={self.fold}/{self.config.data.fold.of}" if self.fold is not None else ""
+        return f"{where}{self.label()} seed={self.seed}{fold} ({self.id})"
 
 
 def trial_id(resolved: dict) -> str:
@@ -68,14 +75,16 @@ def swept_keys(cfg: ExperimentConfig) -> list[str]:
 
 
 def configuration_trials(cfg: ExperimentConfig, values: dict) -> list[Trial]:
-    """One configuration of the sweep (swept key -> value) as a trial per seed of sweep.seeds."""
+    """One configuration of the sweep (swept key -> value) as a trial per seed of sweep.seeds, and per
+    fold of sweep.folds at each seed (the folds of one seed cut that seed's shuffled training set)."""
     base = cfg.to_dict()
     base.pop("sweep")
     sweep = cfg.sweep
     seeds = sweep.seeds if sweep.seeds else [cfg.seed]
     prune = sweep.prune.model_dump(mode="json") if sweep.prune is not None else None
+    folds = range(sweep.folds) if sweep.folds else [None]
     trials = []
-    for seed in seeds:
+    for seed, fold in itertools.product(seeds, folds):
         raw = base
         for key, value in values.items():
             block = "grid" if key in sweep.grid else "zip" if key in sweep.zip else "space"
@@ -84,12 +93,14 @@ def configuration_trials(cfg: ExperimentConfig, values: dict) -> list[Trial]:
             except ConfigError as exc:
                 raise ConfigError(exc.message, path=f"sweep.{block}.{key}") from None
         raw = set_path(raw, "seed", seed)
+        if fold is not None:
+            raw = set_path(raw, "data.fold", {"index": fold, "of": sweep.folds})
         try:
             trial_cfg = validate(raw)
         except ConfigError as exc:
             raise ConfigError(f"{exc.path}: {exc.message}" if exc.path else exc.message,
                               path=f"sweep ({_label(values)})") from None
-        trials.append(Trial(trial_id(trial_cfg.to_dict()), values, seed, trial_cfg, prune))
+        trials.append(Trial(trial_id(trial_cfg.to_dict()), values, seed, trial_cfg, prune, fold))
     return trials
 
 

@@ -143,7 +143,7 @@ def run_trial(trial: Trial, sweep_dir: Path, *, device: str = "auto", datasets: 
             dataset = (datasets or DatasetCache()).get(cfg)
             pruner = _pruner(trial, sweep_dir)
             run_experiment(cfg, device=device, folder=folder, dataset=dataset, resume=resume,
-                           trial={"id": trial.id, "values": trial.values, "seed": trial.seed},
+                           trial=trial.record(),
                            prune=pruner.should_stop if pruner else None)
         except ClaimLost as exc:
             return TrialOutcome(RUNNING, False, str(exc))
@@ -186,7 +186,7 @@ def _record_early_failure(folder: RunFolder, trial: Trial, exc: BaseException) -
         folder.write_config(trial.config.to_dict())
         record: RunRecord = folder.new_record(trial.config.name, seed=trial.seed, status=status,
                                               error=str(exc) or type(exc).__name__,
-                                              trial={"id": trial.id, "values": trial.values, "seed": trial.seed})
+                                              trial=trial.record())
         folder.write_record(record)
         folder.set_status(status)
     except (OSError, ClaimLost):

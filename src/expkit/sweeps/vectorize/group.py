@@ -18,7 +18,7 @@ from ...runfolder import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING
                           Heartbeat, RunFolder, read_status)
 from ..procs import MEMORY_SHARE, available_bytes
 from ..trials import GroupUnit
-from ..work import DatasetCache, TrialOutcome, claim_trial, open_attempt, resume_point
+from ..work import DatasetCache, TrialOutcome, claim_trial, data_key, open_attempt, resume_point
 
 
 def jax_config(cfg):
@@ -109,7 +109,7 @@ class GroupRun:
                 first = jax_config(members[0].config)
                 dataset = self.datasets.get_with_files(first)[0]
                 model = build_member_model(first, dataset, self._steps(first, dataset))
-                per_seed = dataset_bytes(dataset) if len({t.seed for t in members}) > 1 else 0
+                per_seed = dataset_bytes(dataset) if len({data_key(t.config) for t in members}) > 1 else 0
                 n_eval = (len(dataset.x_val), 0 if dataset.x_test is None else len(dataset.x_test))
                 per_trial = footprint_bytes(model, first.train.batch_size, eval_batch_size(first, n_eval)) + per_seed
                 del model
@@ -138,9 +138,16 @@ class GroupRun:
         from .trainer import GroupTrainer, Member, build_member_model
 
         cfgs = [jax_config(t.config) for t in trials]
-        seeds = sorted({c.seed for c in cfgs})
-        pools = [self.datasets.get_with_files(cfgs[[c.seed for c in cfgs].index(s)])[0] for s in seeds]
-        members = [Member(t, c, seeds.index(c.seed)) for t, c in zip(trials, cfgs)]
+        # a data pool per distinct dataset: one per seed, and per fold with sweep.folds (a fold is data)
+        keys = list(dict.fromkeys(data_key(c) for c in cfgs))
+        pools = [self.datasets.get_with_files(cfgs[[data_key(c) for c in cfgs].index(k)])[0] for k in keys]
+        sizes = {k: (len(p.x_train), len(p.x_val)) for k, p in zip(keys, pools)}
+        if len(set(sizes.values())) > 1:
+            # folds of a training set K does not divide differ by one example: one program per size
+            for size in dict.fromkeys(sizes.values()):
+                self.run_chunk([t for t, c in zip(trials, cfgs) if sizes[data_key(c)] == size], chunk)
+            return
+        members = [Member(t, c, keys.index(data_key(c))) for t, c in zip(trials, cfgs)]
         models = [build_member_model(c, pools[m.pool], self._steps(c, pools[m.pool])) for c, m in zip(cfgs, members)]
         points = {}
         for i, m in enumerate(members):  # an interrupted attempt continues from its checkpoint, as on its own
@@ -202,7 +209,7 @@ class GroupRun:
         folder = RunFolder(path, self.claims[trial.id][0])
         dataset, files = self.datasets.get_with_files(cfg)
         record = new_record(folder, cfg, model, dataset, device_name=self.device_name, data_files=files,
-                            trial={"id": trial.id, "values": trial.values, "seed": trial.seed})
+                            trial=trial.record())
         # which program trained it, shared with how many trials: its fit_seconds is the program's
         record.extra["vectorized"] = dict(program)
         if resume:

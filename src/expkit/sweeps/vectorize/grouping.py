@@ -4,7 +4,8 @@ Trials share a program when everything that shapes it is equal and only numbers 
 as inputs differ. Equal: the data section, batch size, epochs, loss, metrics, the optimizer's name,
 every layer's type and every non-numeric setting, and the built models' layer classes, output shapes
 and weight shapes (`ModelShape`, measured by the caller). Free to differ: the seed (initial weights,
-dropout draws, data order and split), the learning rate, numbers in the optimizer mapping, the
+dropout draws, data order and split), the fold (`data.fold.index`: another validation set, data and not
+a shape), the learning rate, numbers in the optimizer mapping, the
 schedule and early stopping, and numbers inside layers (dropout rates, L1/L2 factors, slopes). A
 number inside the program that is 0 in one trial and not in another makes another program: Keras
 skips the regulariser term, the dropout or the momentum buffer when it is 0.
@@ -60,7 +61,7 @@ def is_number(value) -> bool:
 
 def leaf_kind(path: tuple) -> str | None:
     """PROGRAM or HOST for a config leaf whose number may differ inside a group; None: must be equal."""
-    if path == ("seed",) or (path[:2] == ("train", "early_stopping") and len(path) > 2):
+    if path in (("seed",), ("data", "fold", "index")) or (path[:2] == ("train", "early_stopping") and len(path) > 2):
         return HOST
     if (path == ("train", "learning_rate") or (path[:2] == ("train", "schedule") and len(path) > 2)
             or (path[:2] == ("train", "optimizer") and len(path) > 2 and path[2] != "name")
@@ -128,6 +129,8 @@ def sweep_key(cfg, path: tuple) -> str:
                 return f"sweep.{block}.{key}"
     if path == ("seed",) and cfg.sweep.seeds:
         return "sweep.seeds"
+    if path[:2] == ("data", "fold") and cfg.sweep.folds:
+        return "sweep.folds"
     return format_path(path)
 
 

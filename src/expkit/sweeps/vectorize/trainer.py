@@ -151,7 +151,8 @@ class GroupTrainer:
     """Trains the members of one chunk together; fills each member's TrainResult as epochs finish."""
 
     def __init__(self, members: list[Member], models: list, datasets: list):
-        """`datasets`: the chunk's distinct datasets (one per seed), each member's at `member.pool`."""
+        """`datasets`: the chunk's distinct datasets (one per seed, and per fold), of one size, each member's at
+        `member.pool`."""
         cfg = members[0].cfg
         self.members = members
         for i, member in enumerate(members):
