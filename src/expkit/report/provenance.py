@@ -87,6 +87,21 @@ def read_provenance(table_path: str | Path, rows: list[dict]) -> list[dict]:
     return provenance_of_rows(rows, Path(table_path).parent)
 
 
+def _changed_entries(old: list, new: list, field: str, short, prefix: str = "") -> list[str]:
+    """`name a -> b` for each name of the mapping `field` (library versions, user modules' hashes) whose
+    values differ between the two tables' records."""
+    names: list = []
+    for entry in old + new:
+        names += [k for k in (entry.get(field) or {}) if k not in names]
+    out = []
+    for name in names:
+        a = _values(old, lambda e: (e.get(field) or {}).get(name))
+        b = _values(new, lambda e: (e.get(field) or {}).get(name))
+        if a and b and a != b:
+            out.append(f"{name} {prefix}{_shown(short(a))} -> {_shown(short(b))}")
+    return out
+
+
 def _values(entries: list[dict], get) -> list[str]:
     seen = []
     for entry in entries:
@@ -104,15 +119,7 @@ def compare_provenance(old: list[dict], new: list[dict]) -> list[str]:
     """One line per way the two tables' runs differ: library versions, data, code. Only what both
     tables record is compared; nothing is said about what one of them lacks."""
     lines = []
-    libraries = []
-    for entry in old + new:
-        libraries += [k for k in (entry.get("versions") or {}) if k not in libraries]
-    changed = []
-    for lib in libraries:
-        a = _values(old, lambda e: (e.get("versions") or {}).get(lib))
-        b = _values(new, lambda e: (e.get("versions") or {}).get(lib))
-        if a and b and a != b:
-            changed.append(f"{lib} {_shown(a)} -> {_shown(b)}")
+    changed = _changed_entries(old, new, "versions", lambda values: values)
     if changed:
         lines.append(f"the tables come from different versions: {'; '.join(changed)}")
     a = _values(old, lambda e: e.get("data_sha256"))
@@ -120,15 +127,8 @@ def compare_provenance(old: list[dict], new: list[dict]) -> list[str]:
     if a and b and a != b:
         lines.append(f"the tables come from different data: sha256 {_shown([v[:12] for v in a])} -> "
                      f"{_shown([v[:12] for v in b])}")
-    modules = []
-    for entry in old + new:
-        modules += [m for m in (entry.get("user_code") or {}) if m not in modules]
-    code = []
-    for module in modules:  # the user's own modules (model.factory, "module:attribute" names), by file hash
-        a = _values(old, lambda e: (e.get("user_code") or {}).get(module))
-        b = _values(new, lambda e: (e.get("user_code") or {}).get(module))
-        if a and b and a != b:
-            code.append(f"{module} sha256 {_shown([v[:12] for v in a])} -> {_shown([v[:12] for v in b])}")
+    # the user's own modules (model.factory, "module:attribute" names), by file hash
+    code = _changed_entries(old, new, "user_code", lambda values: [v[:12] for v in values], "sha256 ")
     if code:
         lines.append(f"the tables come from different user code: {'; '.join(code)}")
     a = _values(old, lambda e: _commit(e.get("git")))
