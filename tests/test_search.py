@@ -331,3 +331,21 @@ def test_the_report_shows_a_search_and_its_pruned_trials(tpe_search, tmp_path):
     page = Path(write_html_report([sweep_dir], tmp_path / "report.html")).read_text()
     assert "the objective of each proposal and the best so far" in page
     assert "the search space in parallel coordinates" in page
+
+
+def test_a_search_dry_run_shows_the_space_and_the_budget(tiny_config, tmp_path):
+    import io
+
+    from expkit.sweeps.dryrun import dry_run
+
+    cfg = validate(search_config(tiny_config, trials=7, seeds=[1, 2],
+                                 prune={"type": "median", "min_epochs": 2, "startup_trials": 3}))
+    out = io.StringIO()
+    rows = dry_run(cfg, out)
+    text = out.getvalue()
+    assert "tpe sampler (seed 5), 7 configurations x 2 seeds = 14 trials at most" in text
+    assert "train.learning_rate           log_uniform [0.001, 0.3]" in text
+    assert "model.layers[2].dropout.rate  uniform [0.0, 0.5]" in text
+    assert "prune: median on val_accuracy from epoch 2, after 3 finished trials" in text
+    assert rows[0]["params"] == 8 * 8 * 8 + 8 + 8 * 3 + 3 and "nothing trained" in text
+    assert not (tmp_path / "runs").exists()

@@ -179,9 +179,11 @@ class Search:
     def describe(self) -> list[str]:
         """What --dry-run says instead of a trial list: the space and the budget."""
         seeds = self.cfg.sweep.seeds or [self.cfg.seed]
+        folds = self.cfg.sweep.folds or 1
+        repeats = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}" + (f" x {folds} folds" if folds > 1 else "")
         lines = [f"search: {self.spec.sampler} sampler (seed {self.spec.seed}), {self.budget} configurations x "
-                 f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} = {self.budget * len(seeds)} trials at most, "
-                 f"{self.spec.goal} {self.spec.objective} (mean over seeds)"]
+                 f"{repeats} = {self.budget * len(seeds) * folds} trials at most, {self.spec.goal} "
+                 f"{self.spec.objective} (mean over {'seeds and folds' if folds > 1 else 'seeds'})"]
         width = max(len(k) for k in self.space)
         lines += [f"  {k:{width}}  {d.describe()}" for k, d in self.space.items()]
         if self.cfg.sweep.prune is not None:
