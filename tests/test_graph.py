@@ -240,6 +240,20 @@ def test_pretrained_weights_beside_the_config_load_and_frozen_layers_stay_unchan
 
     saved = keras.saving.load_model(run.path / "model.keras")  # the frozen layer stays frozen
     assert [layer.trainable for layer in saved.layers] == [True, False, True]
+    import hashlib
+
+    weights = tmp_path / "nets" / "pre.weights.h5"  # what it started from, in the reproducibility record
+    assert run.record.weights_files == {str(weights): hashlib.sha256(weights.read_bytes()).hexdigest()}
+
+
+def test_diff_says_when_the_pretrained_weights_changed():
+    from expkit.report.provenance import compare_provenance
+
+    old = [{"run": "a", "weights_files": {"w.weights.h5": "a" * 64}}]
+    new = [{"run": "a", "weights_files": {"w.weights.h5": "b" * 64}}]
+    assert compare_provenance(old, new) == [
+        "the tables come from different pretrained weights: w.weights.h5 sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb"]
+    assert compare_provenance(old, old) == []
 
 
 def test_weights_files_are_read_beside_the_file_that_names_them(write_yaml, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from expkit.runfolder import (DAMAGED, DONE, FINISHED, INTERRUPTED, PENDING, RUNNING, STATUSES, Claim, ClaimLost,
+from expkit.runfolder import (AVERAGED, DAMAGED, DONE, FINISHED, INTERRUPTED, PENDING, RUNNING, STATUSES, Claim, ClaimLost,
                               DamagedRecord, Heartbeat, Holder, RunFolder, RunRecord, pid_alive, read_metrics,
                               read_record, read_status)
 
@@ -67,9 +67,10 @@ HISTORY = [
 
 
 def test_status_vocabulary():
-    assert STATUSES == ("pending", "running", "done", "diverged", "failed", "interrupted", "damaged")
-    assert FINISHED == ("done", "diverged")
+    assert STATUSES == ("pending", "running", "done", "diverged", "pruned", "failed", "interrupted", "damaged")
+    assert FINISHED == ("done", "diverged", "pruned") and AVERAGED == ("done", "diverged")
     assert RunRecord("a", "r", status="diverged").finished and RunRecord("a", "r", status="done").finished
+    assert RunRecord("a", "r", status="pruned").finished  # stopped by sweep.prune: never retrained
     assert not RunRecord("a", "r", status="failed").finished and not RunRecord("a", "r").finished
 
 

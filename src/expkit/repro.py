@@ -209,6 +209,19 @@ def file_sha256(path: str) -> str:
     return _hash_cache[key]
 
 
+def weights_files(resolved: dict) -> dict | None:
+    """{path: sha256} of the pretrained weights files a config loads (model.weights, an application's
+    `weights` when it is a file): what the run started from, beside its data and code."""
+    model = resolved.get("model") or {}
+    paths = [model.get("weights")]
+    for spec in model.get("layers") or []:
+        args = spec.get("application") if isinstance(spec, dict) else None
+        if isinstance(args, dict):
+            paths.append(args.get("weights"))
+    found = {p: file_sha256(p) for p in paths if isinstance(p, str) and os.path.isfile(p)}
+    return found or None
+
+
 def data_fingerprint(files: list[str]) -> tuple[str | None, list[dict]]:
     """(one sha256 over the files, [{"path", "bytes", "sha256"}] of the first MAX_LISTED_FILES).
 

@@ -163,13 +163,14 @@ def new_record(run: RunFolder, cfg: ExperimentConfig, model, dataset, *, device_
     dataset was read from, when it was loaded in another process (their hash is the data's)."""
     from .backend import current, versions
     from .models import count_params
-    from .repro import data_fingerprint, describe, library_versions
+    from .repro import data_fingerprint, describe, library_versions, weights_files
 
     from .usercode import user_modules
 
     total, trainable = count_params(model)
     described = describe(dataset, device_name)
     described["user_code"] = user_modules(cfg.to_dict()) or None  # imported by now: model, loss, callbacks built
+    described["weights_files"] = weights_files(cfg.to_dict())
     if described["data_sha256"] is None and data_files:
         described["data_sha256"], described["data_files"] = data_fingerprint(data_files)
     return run.new_record(

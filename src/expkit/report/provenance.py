@@ -38,7 +38,8 @@ def run_provenance(folder: str | Path) -> dict | None:
         return None
     code = {str(m.get("module")): m.get("sha256") for m in (record.user_code or []) if isinstance(m, dict)}
     return {"versions": dict(record.versions or {}), "git": record.git, "data_sha256": record.data_sha256,
-            **({"user_code": code} if code else {})}
+            **({"user_code": code} if code else {}), **({"weights_files": record.weights_files}
+                                                        if record.weights_files else {})}
 
 
 def _folders(cell: str, base: Path) -> list[Path]:
@@ -131,6 +132,9 @@ def compare_provenance(old: list[dict], new: list[dict]) -> list[str]:
     code = _changed_entries(old, new, "user_code", lambda values: [v[:12] for v in values], "sha256 ")
     if code:
         lines.append(f"the tables come from different user code: {'; '.join(code)}")
+    weights = _changed_entries(old, new, "weights_files", lambda values: [v[:12] for v in values], "sha256 ")
+    if weights:
+        lines.append(f"the tables come from different pretrained weights: {'; '.join(weights)}")
     a = _values(old, lambda e: _commit(e.get("git")))
     b = _values(new, lambda e: _commit(e.get("git")))
     if a and b and a != b:

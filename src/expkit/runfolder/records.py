@@ -98,6 +98,7 @@ class RunRecord:
     data_files: list | None = None       # [{"path", "bytes", "sha256"}], the first 20
     command: str | None = None
     user_code: list | None = None        # [{"module", "path", "sha256"}]: the user modules it imported (usercode.py)
+    weights_files: dict | None = None    # {path: sha256}: pretrained weights it started from (model.weights, application)
     resumed: list = field(default_factory=list)  # [{"epoch", "at"}]: resumed after that many epochs, then
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept on rewrite
 
