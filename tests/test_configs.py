@@ -120,8 +120,9 @@ def _writes_a_graph(cfg) -> bool:
                                          for spec in cfg.model.layers for args in spec.values())
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", [n for n in CONFIGS if "factory:" not in (CONFIG_DIR / n).read_text()])
 def test_configs_without_a_graph_build_the_sequential_stack_they_always_did(name):
+    # (a model.factory config builds what the user's code returns: cnn1_factory.yaml is checked against CNN1)
     # Names, inputs and blocks are the only way to a functional model: every older config is as it was.
     assert built(name).sequential is not _writes_a_graph(load_config(CONFIG_DIR / name))
 
