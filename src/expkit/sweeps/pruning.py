@@ -97,13 +97,12 @@ class SweepPruner:
         self.spec, self.sweep_dir, self.trial_id, self.max_epochs = spec, Path(sweep_dir), trial_id, max_epochs
         self.bracket = bracket_of(spec, trial_id, max_epochs)
 
-    def competitors(self, exclude=()) -> list[Competitor]:
+    def competitors(self) -> list[Competitor]:
         """The sweep's other trials (the manifest's current ones) with at least one epoch recorded."""
         out = []
-        skip = {self.trial_id, *exclude}
         for entry in manifest_trials(self.sweep_dir):
             tid = entry["id"]
-            if tid in skip or not entry.get("in_grid", True):
+            if tid == self.trial_id or not entry.get("in_grid", True):
                 continue
             if bracket_of(self.spec, tid, self.max_epochs) != self.bracket:
                 continue
@@ -117,13 +116,13 @@ class SweepPruner:
                 out.append(Competitor(values, read_status(folder) in AVERAGED))
         return out
 
-    def should_stop(self, history: list[dict], lanes: list[Competitor] = (), exclude=()) -> bool:
-        """After an epoch: whether the trial whose rows are `history` is stopped here. `lanes`: other
-        trials training beside it (a vectorised group's lanes), not yet in the folder's records."""
+    def should_stop(self, history: list[dict]) -> bool:
+        """After an epoch: whether the trial whose rows are `history` is stopped here (a vectorised
+        group's lanes have written this epoch's rows by then: they are in the folder's records)."""
         if len(history) >= self.max_epochs:
             return False  # its last epoch: nothing left to save
         mine = [float(r.get(self.spec["metric"], math.nan)) for r in history]
-        return decide(self.spec, mine, [*self.competitors(exclude), *lanes], bracket=self.bracket)
+        return decide(self.spec, mine, self.competitors(), bracket=self.bracket)
 
     def reason(self, epochs: int) -> str:
         kind = self.spec["type"].replace("_", " ")

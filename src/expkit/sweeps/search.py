@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..config import ExperimentConfig, check_search
 from ..errors import ConfigError
-from ..runfolder import DIVERGED, FINISHED, PRUNED, DamagedRecord, read_record, read_status, sweep_lock
-from .tables import objective_of
+from ..runfolder import DIVERGED, FINISHED, PRUNED, read_status, sweep_lock
+from .tables import objectives
 from .trials import Trial, configuration_trials
 
 JOURNAL = "search.journal"
@@ -37,7 +37,6 @@ class Proposal:
     values: dict
     trials: list[Trial] = field(default_factory=list)
     state: str = "RUNNING"   # Optuna's state: RUNNING until told
-    value: float | None = None
 
 
 class Search:
@@ -99,8 +98,7 @@ class Search:
             values = t.user_attrs.get(VALUES)
             if values is None:  # asked by a process that stopped before it wrote them down
                 continue
-            out.append(Proposal(t.number, values, configuration_trials(self.cfg, values), t.state.name,
-                                t.value))
+            out.append(Proposal(t.number, values, configuration_trials(self.cfg, values), t.state.name))
         return out
 
     def trials(self, proposals: list[Proposal] | None = None) -> list[Trial]:
@@ -155,26 +153,12 @@ class Search:
             if PRUNED in statuses:
                 study.tell(t.number, state=TrialState.PRUNED)
                 continue
-            values = []
-            for i in ids:
-                try:
-                    record = read_record(self.sweep_dir / i)
-                except DamagedRecord:
-                    record = None
-                values.append(objective_of(record, self.spec.objective) if record is not None else math.nan)
+            values = objectives(self.sweep_dir, ids, self.spec.objective)
             mean = sum(values) / len(values)
             if DIVERGED in statuses or not math.isfinite(mean):
                 study.tell(t.number, state=TrialState.FAIL)
             else:
                 study.tell(t.number, mean)
-
-    def best(self) -> Proposal | None:
-        """The best told proposal (the objective's mean over its seeds), or None before any finished."""
-        told = [p for p in self.proposals() if p.state == "COMPLETE" and p.value is not None]
-        if not told:
-            return None
-        pick = max if self.spec.goal == "maximize" else min
-        return pick(told, key=lambda p: p.value)
 
     def describe(self) -> list[str]:
         """What --dry-run says instead of a trial list: the space and the budget."""

@@ -45,6 +45,20 @@ def objective_of(record, objective: str) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
+def objectives(sweep_dir: Path, ids: list[str], objective: str) -> list[float]:
+    """The objective of each of these trials' records (NaN where there is none, or it is damaged)."""
+    from ..runfolder import DamagedRecord, read_record
+
+    out = []
+    for tid in ids:
+        try:
+            record = read_record(sweep_dir / tid)
+        except DamagedRecord:
+            record = None
+        out.append(objective_of(record, objective) if record is not None else math.nan)
+    return out
+
+
 def refresh(cfg: ExperimentConfig, trials: list[Trial], sweep_dir: Path, plots: bool = False) -> dict:
     """Rewrite the manifest and the tables from the folders (the folders are the truth); returns
     the current grid's counts by status."""
@@ -92,7 +106,7 @@ def _sweep_plots(cfg, trials, sweep_dir: Path) -> None:
 def _search_plots(cfg, trials, table, sweep_dir: Path) -> None:
     """search.png (the objective per proposal and the best so far) and parallel.png (the space)."""
     from ..report.plots import plot_parallel, plot_search
-    from ..runfolder import PRUNED, DamagedRecord, read_record
+    from ..runfolder import PRUNED
 
     search = cfg.sweep.search
     minimize = search.goal == "minimize"
@@ -101,17 +115,10 @@ def _search_plots(cfg, trials, table, sweep_dir: Path) -> None:
         by_values.setdefault(t.label(), []).append(t)
     values, pruned = [], []
     for members in by_values.values():
-        scores, cut = [], False
-        for t in members:
-            try:
-                record = read_record(sweep_dir / t.id)
-            except DamagedRecord:
-                record = None
-            if record is not None:
-                scores.append(objective_of(record, search.objective))
-                cut = cut or record.status == PRUNED
-        values.append(sum(scores) / len(scores) if scores else float("nan"))
-        pruned.append(cut)
+        ids = [t.id for t in members]
+        scores = objectives(sweep_dir, ids, search.objective)
+        values.append(sum(scores) / len(scores))
+        pruned.append(any(read_status(sweep_dir / tid) == PRUNED for tid in ids))
     if values:
         plot_search(values, sweep_dir / "search.png", objective=search.objective, minimize=minimize, pruned=pruned)
     done = table[table["status"].astype(str) == "done"] if "status" in table.columns else table
