@@ -349,3 +349,18 @@ def test_a_search_dry_run_shows_the_space_and_the_budget(tiny_config, tmp_path):
     assert "prune: median on val_accuracy from epoch 2, after 3 finished trials" in text
     assert rows[0]["params"] == 8 * 8 * 8 + 8 + 8 * 3 + 3 and "nothing trained" in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_without_optuna_a_search_or_pruning_is_one_line_naming_the_key(tiny_config, tmp_path, monkeypatch):
+    import importlib.util
+
+    from expkit.sweeps.driver import run_sweep
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    pruned = {**tiny_config, "sweep": {"grid": {"train.learning_rate": [0.1, 0.01]}, "prune": {"type": "median"}}}
+    for raw, key in ((search_config(tiny_config), "sweep.search"), (pruned, "sweep.prune")):
+        with pytest.raises(ConfigError, match="pip install 'expkit\\[search\\]'") as exc:
+            run_sweep(validate(raw), runs_dir=tmp_path / "runs")
+        assert exc.value.path == key
+    assert not any((tmp_path / "runs").glob("*/*/results.json"))  # nothing trained

@@ -63,6 +63,7 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     """
     from ..progress import ProgressLog, SweepProgress
     from ..runner import ensure_writable
+    from .pruning import need_optuna
     from .search import Search
 
     log = log or sys.stderr
@@ -72,6 +73,8 @@ def run_sweep(cfg: ExperimentConfig, *, runs_dir="runs", device: str = "auto", f
     kind = executor or cfg.sweep.executor
     ensure_writable(runs_dir)
     sweep_dir = ensure_writable(Path(runs_dir) / cfg.name).absolute()
+    if cfg.sweep.prune is not None:
+        need_optuna("sweep.prune")  # before anything trains, not in the first trial's first epoch
     search = Search(cfg, sweep_dir) if cfg.sweep.space else None
     trials = expand_sweep(cfg) if search is None else []
     isatty = getattr(log, "isatty", None)

@@ -18,6 +18,16 @@ from ..config import direction_of
 from ..runfolder import AVERAGED, DamagedRecord, manifest_trials, read_metrics, read_status
 
 
+def need_optuna(key: str) -> None:
+    """A search or pruning without Optuna installed: one line naming the key and the extra."""
+    import importlib.util
+
+    from ..errors import ConfigError
+
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("needs Optuna, which is not installed: pip install 'expkit[search]'", path=key)
+
+
 @dataclass
 class Competitor:
     """Another trial's metric per epoch (index 0: epoch 1), and whether it finished all its epochs."""

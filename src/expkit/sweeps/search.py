@@ -22,6 +22,7 @@ from pathlib import Path
 from ..config import ExperimentConfig, check_search
 from ..errors import ConfigError
 from ..runfolder import DIVERGED, FINISHED, PRUNED, read_status, sweep_lock
+from .pruning import need_optuna
 from .tables import objectives
 from .trials import Trial, configuration_trials
 
@@ -45,6 +46,7 @@ class Search:
     def __init__(self, cfg: ExperimentConfig, sweep_dir: Path):
         self.cfg, self.sweep_dir = cfg, Path(sweep_dir)
         self.spec = cfg.sweep.search
+        need_optuna("sweep.search")
         self.space = check_search(cfg.sweep)
         grid = [d.grid_values() for d in self.space.values()]
         self.combinations = math.prod(len(g) for g in grid) if all(g is not None for g in grid) else None
