@@ -297,6 +297,7 @@ def test_successive_halving_drops_lanes_of_a_vectorised_group(tiny_config, tmp_p
     records = {t.id: read_record(sweep_dir / t.id) for t in trials}
     assert sorted(r.epochs_run for r in records.values()) == [1] * 6 + [3] * 2 + [4]
     assert all(r.extra["vectorized"]["sizes"] == [9, 3, 1] for r in records.values())
+    assert all((sweep_dir / t.id / "confusion.csv").is_file() for t in trials)  # dropped lanes scored too
     alone = one_at_a_time_on_jax(trials, tmp_path)
     worst = 0.0
     for t in trials:

@@ -350,10 +350,7 @@ class GroupTrainer:
             for cb in m.callbacks:
                 cb.on_train_end()
             m.result.fit_seconds = m.result.previous_seconds + time.perf_counter() - started
-        if self.x_test is not None:
-            scores = self._evaluate(self.x_test, self.y_test)
-            for m in cut:
-                m.result.test = {k: float(v[m.index]) for k, v in scores.items()}
+        self._score(cut)
         keep = [m for m in self.members if m not in cut]
         sel = jnp.asarray([m.index for m in keep], dtype=jnp.int32)
         self.members = keep
@@ -376,10 +373,15 @@ class GroupTrainer:
 
     def test(self) -> None:
         """Each member's test scores with its final (or restored best) weights, as `train` takes them."""
+        self._score(self.members)
+
+    def _score(self, members: list[Member]) -> None:
+        """Test scores (and the confusion matrix) of `members`, with the weights they hold now."""
         if self.x_test is None:
             return
         scores = self._evaluate(self.x_test, self.y_test)
-        for i, m in enumerate(self.members):
+        for m in members:
+            i = m.index
             if m.result.diverged:
                 m.result.test = {"loss": math.nan, **{k: math.nan for k in m.cfg.train.metrics}}
             else:
