@@ -18,7 +18,7 @@ def check_experiment(cfg: ExperimentConfig, model, dataset=None, num_classes: in
     from .backend import current
     from .data.dataset import label_encoding
     from .models import check_metrics, check_targets
-    from .train import check_loss, class_weights, make_optimizer, user_callbacks
+    from .train import check_loss, class_weights, example_weights, make_optimizer, user_callbacks
 
     current().check_config(cfg)  # settings this backend has no equivalent for (train.inter_op_threads on JAX...)
     make_optimizer(cfg, steps_per_epoch=1)
@@ -28,7 +28,7 @@ def check_experiment(cfg: ExperimentConfig, model, dataset=None, num_classes: in
     user_callbacks(cfg)  # each made once: an unknown name, a missing module or a wrong argument fails here
     if dataset is not None:
         check_input_shape(cfg, model, tuple(dataset.input_shape))
-        class_weights(cfg, dataset)
+        example_weights(cfg, dataset, class_weights(cfg, dataset))
     if dataset is not None and len(dataset.y_train):
         targets = dataset.y_train[:2]
     elif num_classes is not None:  # no data at hand: labels of the shape the data would have

@@ -203,6 +203,7 @@ def finish_run(run: RunFolder, record: RunRecord, result, status: str, error: st
     record.status, record.error = status, _plain(error)
     record.test = result.test
     record.class_weight = getattr(result, "class_weight", None)
+    record.sample_weight = getattr(result, "sample_weight", None)
     confusion = getattr(result, "confusion", None)
     if confusion is not None:
         from .runfolder.confusion import confusion_csv_text, per_class_scores

@@ -111,6 +111,7 @@ class TrainResult:
     confusion: object = None  # the test set's confusion matrix (numpy counts), for a classifier
     classes: list = field(default_factory=list)  # its rows' class names
     class_weight: dict | None = None  # {class name: weight}, train.class_weight resolved
+    sample_weight: dict | None = None  # what data.options.sample_weight weighted the training examples with
 
 
 def test_confusion(model, dataset, batch_size: int, result: TrainResult) -> None:
@@ -269,6 +270,38 @@ def class_weights(cfg: ExperimentConfig, dataset) -> dict[int, float] | None:
     return weights
 
 
+def example_weights(cfg: ExperimentConfig, dataset, weights: dict[int, float] | None):
+    """The per-example training weights Keras' fit gets: the data's (data.options.sample_weight), times the
+    class weight of each example's class when train.class_weight is set too (Keras takes only one of the
+    two, so they are multiplied here, as Keras 2 did); None without data weights."""
+    import numpy as np
+
+    from .runfolder.confusion import class_indexes
+
+    w = getattr(dataset, "w_train", None)
+    if w is None:
+        return None
+    if resolve_input_pipeline(cfg) == "tf_data":
+        raise ConfigError("the tf_data input pipeline does not carry per-example weights; "
+                          "use train.input_pipeline: arrays (the default)", path="data.options.sample_weight")
+    if weights is None:
+        return w
+    table = np.asarray([weights[i] for i in range(len(weights))], dtype=np.float32)
+    return w * table[class_indexes(dataset.y_train)]
+
+
+def weight_summary(cfg: ExperimentConfig, w) -> dict:
+    """results.json's record of the data's example weights: where they came from and what they hold."""
+    import hashlib
+
+    import numpy as np
+
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    return {"from": str(cfg.data.options.get("sample_weight")), "examples": int(len(w)),
+            "min": round(float(w.min()), 6), "max": round(float(w.max()), 6), "mean": round(float(w.mean()), 6),
+            "zero": int((w == 0).sum()), "sha256": hashlib.sha256(w.tobytes()).hexdigest()}
+
+
 def _test_each_epoch(x_test, y_test, batch_size: int):
     """train.test_each_epoch: test_<metric> in the epoch's logs, so the Recorder writes them to metrics.csv."""
     import keras
@@ -353,8 +386,13 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
     fit_kwargs = dict(epochs=epochs, initial_epoch=initial_epoch, verbose=verbose, callbacks=callbacks)
     weights = class_weights(cfg, dataset)
     if weights is not None:
-        fit_kwargs["class_weight"] = weights
         result.class_weight = {str(dataset.classes[i]): round(w, 6) for i, w in weights.items()}
+    per_example = example_weights(cfg, dataset, weights)
+    if per_example is not None:
+        fit_kwargs["sample_weight"] = per_example
+        result.sample_weight = weight_summary(cfg, dataset.w_train)
+    elif weights is not None:
+        fit_kwargs["class_weight"] = weights
     if resolve_input_pipeline(cfg) == "tf_data":
         pipeline = backend.input_pipeline
         train_data = pipeline(dataset.x_train, dataset.y_train, cfg.train.batch_size, cfg.train.shuffle, cfg.seed)

@@ -30,6 +30,7 @@ class Dataset:
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     classes: list[str]  # class names; index = integer label
+    w_train: np.ndarray | None = None  # one weight per training example (data.options.sample_weight), else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,20 +60,29 @@ def load_dataset(cfg: DataConfig, seed: int, loss: str) -> Dataset:
     raw = src.load(cfg.path, seed, **options)
     _check_raw(raw, "data.path" if cfg.path is not None else "data.dataset")
 
+    # The weights travel with their examples; those of examples cut into the validation set are dropped
+    # (validation losses and metrics are unweighted, so they compare across weightings).
     x_train, y_train = raw.x_train[:cfg.limit], raw.y_train[:cfg.limit]
+    w_train = None if raw.w_train is None else raw.w_train[:cfg.limit]
     if cfg.shuffle:
         order = np.random.default_rng(seed).permutation(len(x_train))
         x_train, y_train = x_train[order], y_train[order]
+        w_train = None if w_train is None else w_train[order]
 
     if cfg.fold is not None:  # the folds are cut from the training set; a source's own validation set is unused
         train_at, val_at = fold_split(len(x_train), cfg.fold.of, cfg.fold.index)
         x_train, x_val, y_train, y_val = x_train[train_at], x_train[val_at], y_train[train_at], y_train[val_at]
+        w_train = None if w_train is None else w_train[train_at]
     elif cfg.validation_split is None and raw.x_val is not None:
         x_val, y_val = raw.x_val, raw.y_val
     else:
         split = DEFAULT_VALIDATION_SPLIT if cfg.validation_split is None else cfg.validation_split
         n_train = len(x_train) - _validation_count(len(x_train), split)
         x_train, x_val, y_train, y_val = x_train[:n_train], x_train[n_train:], y_train[:n_train], y_train[n_train:]
+        w_train = None if w_train is None else w_train[:n_train]
+    if w_train is not None and not w_train.any():
+        raise ConfigError("every training example left after the validation split weighs 0, so nothing would train",
+                          path="data.options.sample_weight")
 
     x_test, y_test = raw.x_test, raw.y_test
     if x_test is not None:
@@ -93,7 +103,7 @@ def load_dataset(cfg: DataConfig, seed: int, loss: str) -> Dataset:
     x_val, y_val = finish(x_val, y_val)
     if x_test is not None:
         x_test, y_test = finish(x_test, y_test)
-    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, list(raw.classes))
+    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, list(raw.classes), w_train)
 
 
 def probe_dataset(cfg: DataConfig) -> tuple[tuple[int, ...], int]:

@@ -15,8 +15,8 @@ from ..errors import ConfigError
 from ..registry import did_you_mean
 from .formats import npz_keys, npz_shape, npz_size_problem
 from .source import (
-    RawData, check_finite, choice_option, class_names, existing_path, integer_labels, names_option, register_source,
-    shape_option,
+    SAMPLE_WEIGHT, RawData, check_finite, choice_option, class_names, existing_path, integer_labels, names_option,
+    register_source, sample_weights, shape_option,
 )
 
 # --- npz -----------------------------------------------------------------------------------------
@@ -56,10 +56,24 @@ def _check_npz_sizes(file, keys) -> None:
             raise ConfigError(f"{file}: {problem}", path="data.path")
 
 
-def _npz_probe(path, *, classes):
+def _npz_weight_key(file: Path, keys: list[str], style, sample_weight) -> str | None:
+    """data.options.sample_weight: the name of an array in the file beside the training arrays."""
+    if sample_weight is None:
+        return None
+    name = str(sample_weight)
+    if name not in keys:
+        raise ConfigError(f"{file} has no array '{name}'{did_you_mean(name, keys)} (keys found: {', '.join(keys)})",
+                          path=SAMPLE_WEIGHT)
+    if name in {k for pair in style for k in pair}:
+        raise ConfigError(f"'{name}' is one of {file}'s data arrays, not weights", path=SAMPLE_WEIGHT)
+    return name
+
+
+def _npz_probe(path, *, classes, sample_weight):
     file = existing_path(path, "npz", kind="file")
     keys, style = _npz_style(file)
     _check_npz_sizes(file, keys)
+    _npz_weight_key(file, keys, style, sample_weight)
     shape = npz_shape(file, style[0][0])[1:]
     names = names_option("classes", classes)
     if names is None:
@@ -70,12 +84,15 @@ def _npz_probe(path, *, classes):
 
 
 @register_source("npz", probe=_npz_probe, reads_path=True)
-def npz(path, seed, *, classes=None) -> RawData:
-    """Arrays from an .npz: x_train, y_train[, x_val, y_val][, x_test, y_test], or notMNIST's names."""
+def npz(path, seed, *, classes=None, sample_weight=None) -> RawData:
+    """Arrays from an .npz: x_train, y_train[, x_val, y_val][, x_test, y_test], or notMNIST's names.
+
+    sample_weight names an array of the file holding one weight per training example."""
     file = existing_path(path, "npz", kind="file")
     keys, style = _npz_style(file)
     _check_npz_sizes(file, keys)
-    arrays = []
+    weight_key = _npz_weight_key(file, keys, style, sample_weight)
+    arrays, weights = [], None
     try:
         with np.load(file, allow_pickle=False) as f:
             for x_key, y_key in style:
@@ -87,12 +104,14 @@ def npz(path, seed, *, classes=None) -> RawData:
                     raise ConfigError(f"{file}: {x_key} has shape {x.shape} but {y_key} has {len(y)} labels", path="data.path")
                 check_finite(x, f"{x_key} of {file}")
                 arrays.append((x, y))
+            if weight_key is not None:
+                weights = sample_weights(f[weight_key], len(arrays[0][0]), f"{file}: {weight_key}")
     except (OSError, ValueError) as exc:  # a damaged member, or an object array (pickles are refused)
         raise ConfigError(f"{file}: cannot read ({exc})", path="data.path") from None
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays
     labels = {y_key: y for (_, y_key), (_, y) in zip(style, arrays)}
     names = class_names(names_option("classes", classes), labels, where=str(file))
-    return RawData(x_train, y_train, names, x_test, y_test, x_val, y_val)
+    return RawData(x_train, y_train, names, x_test, y_test, x_val, y_val, w_train=weights)
 
 
 # --- image folder --------------------------------------------------------------------------------
@@ -241,11 +260,13 @@ def _pixel_shape(count: int, image_shape, file: Path) -> tuple[int, ...]:
     return (side, side)
 
 
-def _csv_probe(path, *, label_column, pixels_column, usage_column, image_shape, classes):
+def _csv_probe(path, *, label_column, pixels_column, usage_column, image_shape, classes, sample_weight):
     file = existing_path(path, "csv_pixels", kind="file")
     names = names_option("classes", classes)
     first = _read_csv(file, nrows=1, dtype=str)
     pixels = _column(first, "pixels_column", pixels_column, file)
+    if sample_weight is not None:
+        _column(first, "sample_weight", sample_weight, file)
     shape = _pixel_shape(len(str(pixels.iloc[0]).split()) if len(first) else 0, image_shape, file)
     if names is None:  # reads one column only: a few seconds for FER2013's 300 MB
         labels = _column(_read_csv(file, usecols=[label_column]), "label_column", label_column, file)
@@ -256,8 +277,10 @@ def _csv_probe(path, *, label_column, pixels_column, usage_column, image_shape, 
 
 @register_source("csv_pixels", probe=_csv_probe, reads_path=True)
 def csv_pixels(path, seed, *, label_column="emotion", pixels_column="pixels", usage_column="Usage",
-               image_shape=None, classes=None) -> RawData:
-    """FER2013-style CSV: a label column, a column of space-separated pixels, an optional Usage column."""
+               image_shape=None, classes=None, sample_weight=None) -> RawData:
+    """FER2013-style CSV: a label column, a column of space-separated pixels, an optional Usage column.
+
+    sample_weight names a column holding each training row's weight."""
     file = existing_path(path, "csv_pixels", kind="file")
     frame = _read_csv(file, dtype={pixels_column: str}, keep_default_na=False)
     labels = integer_labels(_column(frame, "label_column", label_column, file).to_numpy(), f"{file}: column '{label_column}'")
@@ -291,4 +314,14 @@ def csv_pixels(path, seed, *, label_column="emotion", pixels_column="pixels", us
     if "train" not in parts:
         raise ConfigError(f"{file}: no row is marked for training in column '{usage_column}'", path="data.path")
     names = class_names(names_option("classes", classes), {f"column '{label_column}'": labels}, where=str(file))
-    return RawData(*parts["train"], names, *parts.get("test", (None, None)), *parts.get("val", (None, None)))
+    weights = None
+    if sample_weight is not None:
+        column = _column(frame, "sample_weight", sample_weight, file).to_numpy()[split == "train"]
+        try:
+            column = column.astype(np.float64)
+        except ValueError:
+            raise ConfigError(f"{file}: column '{sample_weight}' holds values that are not numbers",
+                              path=SAMPLE_WEIGHT) from None
+        weights = sample_weights(column, len(parts["train"][0]), f"{file}: column '{sample_weight}'")
+    return RawData(*parts["train"], names, *parts.get("test", (None, None)), *parts.get("val", (None, None)),
+                   w_train=weights)

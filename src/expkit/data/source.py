@@ -33,6 +33,7 @@ class RawData:
     y_test: np.ndarray | None = None
     x_val: np.ndarray | None = None  # the source's own validation set, when it ships one
     y_val: np.ndarray | None = None
+    w_train: np.ndarray | None = None  # one weight per training example (data.options.sample_weight), when given
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,31 @@ def check_finite(x: np.ndarray | None, what: str, path: str = "data.path") -> No
     first = int(np.unravel_index(np.argmax(bad), x.shape)[0])
     raise ConfigError(f"pixel values must be finite numbers; {what} holds {int(bad.sum())} NaN or infinite value(s), "
                       f"the first in example {first}", path=path)
+
+
+SAMPLE_WEIGHT = "data.options.sample_weight"
+
+
+def sample_weights(w, n: int, what: str) -> np.ndarray:
+    """Per-example training weights as float32: one finite, non-negative number per training example, not
+    all zero (Keras would train on nothing and report a loss of 0)."""
+    w = np.asarray(w)
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1 or len(w) != n:
+        raise ConfigError(f"{what}: expected one weight per training example ({n}), found shape {w.shape}",
+                          path=SAMPLE_WEIGHT)
+    if w.dtype.kind not in "biuf":
+        raise ConfigError(f"{what}: weights must be numbers, found {w.dtype}", path=SAMPLE_WEIGHT)
+    w = w.astype(np.float32)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ConfigError(f"{what}: weights must be finite and >= 0; example {first} has {w[first]}",
+                          path=SAMPLE_WEIGHT)
+    if not w.any():
+        raise ConfigError(f"{what}: every weight is 0, so nothing would train", path=SAMPLE_WEIGHT)
+    return w
 
 
 def integer_labels(y: np.ndarray, what: str) -> np.ndarray:

@@ -74,6 +74,7 @@ class RunRecord:
     test: dict | None = None
     per_class: dict | None = None        # {class: {precision, recall, f1, support}} on the test set (confusion.csv)
     class_weight: dict | None = None     # {class: weight} the loss was weighted with (train.class_weight)
+    sample_weight: dict | None = None    # the data's per-example weights (data.options.sample_weight): from, min, max, mean, sha256
     fit_seconds: float = 0.0
     epochs_run: int = 0
     stopped_early: bool = False

@@ -147,6 +147,8 @@ def trial_blocker(cfg, trial) -> tuple[str, str] | None:
         return "train.callbacks", "a vectorised group calls only expkit's own callbacks, not Keras callbacks of yours"
     if getattr(train, "class_weight", None) is not None:
         return "train.class_weight", "class weights are not vectorised (Keras applies them inside fit, which a group does not call)"
+    if trial.config.data.options.get("sample_weight") is not None:
+        return "data.options.sample_weight", "per-example weights are not vectorised (Keras applies them inside fit, which a group does not call)"
     if train.precision != "float32":
         return "train.precision", f"{train.precision} is not vectorised (float32 only)"
     if train.input_pipeline == "tf_data":
