@@ -119,6 +119,14 @@ def test_diff_says_when_the_tables_come_from_different_data_or_versions(tmp_path
     out = capsys.readouterr().out
     assert out.startswith("the tables come from different data: sha256 ")
     assert "versions" not in out and "code" not in out
+    # and under each row whose runs trained on the other data, which hashes those were
+    shas = {d: {json.loads(p.read_text())["data_sha256"][:12] for p in (tmp_path / d / "sw").glob("*/results.json")}
+            for d in ("old", "new")}
+    (a,), (b,) = shas["old"], shas["new"]
+    data_lines = [line for line in out.splitlines() if line.lstrip().startswith("data ")]
+    assert len(data_lines) == 2 and all(line.split() == ["data", "sha256", a, "->", b, "(trained", "on", "other",
+                                                         "data)"] for line in data_lines)
+    assert out.count("~ sw[") == 2
 
     # a table copied away from its runs keeps its provenance in the sidecar `expkit table -o` writes
     copied = tmp_path / "baseline"

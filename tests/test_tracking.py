@@ -84,11 +84,28 @@ def test_a_tensorboard_sweep_has_the_hparams_experiment(tmp_path, tiny_config):
     assert ("validation", "epoch_accuracy") in {(m.name.group, m.name.tag) for m in experiment.metric_infos}
     sessions = {}
     for trial in sweep.trials:
-        tags = accumulator(trial.path / "tensorboard").PluginTagToContent("hparams")
+        # a trial's events sit under its values, so TensorBoard's run names read `<id>/tensorboard/<values>/...`
+        (board,) = (trial.path / "tensorboard").iterdir()
+        lr = trial.config.train.learning_rate
+        assert board.name == f"train.learning_rate={lr} seed={trial.config.seed}"
+        tags = accumulator(board).PluginTagToContent("hparams")
         start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
         sessions[trial.path.name] = start.hparams["train.learning_rate"].number_value
-        assert len(accumulator(trial.path / "tensorboard" / "validation").Scalars("epoch_accuracy")) == 2
+        assert len(accumulator(board / "validation").Scalars("epoch_accuracy")) == 2
     assert sorted(sessions.values()) == pytest.approx([0.001, 0.01])
+
+
+def test_a_trials_tensorboard_run_name_is_its_values():
+    from expkit.tracking.tensorboard import NAME_LIMIT, run_name
+
+    assert run_name({"values": {"train.learning_rate": 0.01, "model.layers.0.activation": "relu"}, "seed": 14}) \
+        == "train.learning_rate=0.01 model.layers.0.activation=relu seed=14"
+    assert run_name({"values": {}, "seed": 3, "fold": 2}) == "seed=3 fold=2"
+    # a path separator, a colon (a user's "module:attribute") or a quote never makes another folder level
+    assert run_name({"values": {"train.optimizer": "my_opt:Lion", "data.path": "../x/y"}, "seed": 1}) \
+        == "train.optimizer=my_opt_Lion data.path=.._x_y seed=1"
+    long = run_name({"values": {f"model.layers.{i}.units": 1024 for i in range(20)}, "seed": 1})
+    assert len(long) <= NAME_LIMIT + 1 and long.endswith("~")
 
 
 def test_mlflow_holds_params_metrics_and_files(tmp_path, tiny_config, monkeypatch):

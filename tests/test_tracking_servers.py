@@ -153,6 +153,14 @@ def test_tensorboard_serves_the_sweeps_hparams(tmp_path):
             values = {(m["name"].get("group", ""), m["name"]["tag"]): m["value"] for m in session["metricValues"]}
             served[(hparams["train.learning_rate"], hparams["train.batch_size"])] = values
         assert len(served) == 4
+        # the runs list, as its left-hand pane shows it: each trial's curves named by its values, not only its id
+        with urllib.request.urlopen(f"{url}/data/runs", timeout=20) as response:
+            runs = set(json.loads(response.read()))
+        for trial in sweep.trials:
+            train = trial.config.train
+            name = (f"{trial.path.name}/tensorboard/train.learning_rate={train.learning_rate} "
+                    f"train.batch_size={train.batch_size} seed={trial.config.seed}")
+            assert {f"{name}/train", f"{name}/validation"} <= runs
         for trial in sweep.trials:
             train = trial.config.train
             (values,) = [v for (lr, bs), v in served.items()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .report import DIFFERENCE_PREFIX, METRICS, PUBLISHED, format_number, read_table_csv
-from .report.provenance import compare_provenance, read_provenance
+from .report.provenance import compare_provenance, read_provenance, row_data
 
 NOT_KEYS = {"path", "status", "seeds", "folds", "fit_shared"}  # fit_shared: how a trial trained, not what it is
 
@@ -39,6 +39,7 @@ class DiffRow:
     change: str                  # "same", "changed", "added" or "removed"
     deltas: list[MetricDelta] = field(default_factory=list)
     seeds: tuple[str, str] | None = None  # (old, new) seed counts, when they differ
+    data: tuple[str, str] | None = None   # (old, new) data sha256 prefixes, when the row's runs trained on other data
 
 
 @dataclass
@@ -86,6 +87,8 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
     # a run folder is what a row is: the same label and folder in both tables is the same trial, whatever its grid
     by_path = "path" in old_cols and "path" in new_cols
     matches = _match(old_rows, new_rows, keys, by_path=by_path)
+    # what the tables were made with (report/provenance.py): said first, never part of the gate
+    old_prov, new_prov = read_provenance(old_csv_path, old_rows), read_provenance(new_csv_path, new_rows)
     rows: list[DiffRow] = []
     worse_rows: list[str] = []
     tested_rows: list[str] = []  # --significance: rows the test found worse, "label (difference, p)"
@@ -99,8 +102,10 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
         # a reference file gives no seed count: nothing to compare there
         both = "seeds" in old and "seeds" in new
         seeds = (old["seeds"], new["seeds"]) if both and old["seeds"] != new["seeds"] else None
-        change = "changed" if seeds or any(d.verdict != "same" for d in deltas) else "same"
-        row = DiffRow(_label(new, keys, new_rows), key, change, deltas, seeds)
+        a, b = row_data(old_prov, old), row_data(new_prov, new)
+        data = ("/".join(v[:12] for v in a), "/".join(v[:12] for v in b)) if a and b and a != b else None
+        change = "changed" if seeds or data or any(d.verdict != "same" for d in deltas) else "same"
+        row = DiffRow(_label(new, keys, new_rows), key, change, deltas, seeds, data)
         rows.append(row)
         gated = next((d for d in deltas if d.metric == fail_on_worse), None)
         if gated is not None and significance is not None and _test_worse(gated, old, new):
@@ -113,8 +118,7 @@ def diff_tables(old_csv_path: str | Path, new_csv_path: str | Path, *, fail_on_w
     rows += [DiffRow(_label(o, keys, old_rows), tuple((k, o[k]) for k in keys), "removed")
              for o in old_rows if id(o) not in matched_old]
 
-    # what the tables were made with (report/provenance.py): said first, never part of the gate
-    provenance = compare_provenance(read_provenance(old_csv_path, old_rows), read_provenance(new_csv_path, new_rows))
+    provenance = compare_provenance(old_prov, new_prov)
     text = "".join(f"{line}\n" for line in provenance) + _render(rows, old_cols, new_cols)
     reasons = _gate_failures(rows, fail_on_worse, tolerance, worse_rows, allow_removed) if fail_on_worse else []
     if tested_rows:
@@ -284,6 +288,8 @@ def _render(rows: list[DiffRow], old_cols: list[str], new_cols: list[str]) -> st
             lines.append(f"~ {row.label}")
             if row.seeds:
                 lines.append(f"    {'seeds':<{width}}  {row.seeds[0]} -> {row.seeds[1]}")
+            if row.data:
+                lines.append(f"    {'data':<{width}}  sha256 {row.data[0]} -> {row.data[1]}  (trained on other data)")
             lines += [_render_delta(d, width) for d in row.deltas if d.verdict != "same"]
     lines.append(", ".join(f"{n} {kind}" for kind, n in counts.items() if n))
     return "\n".join(lines) + "\n"

@@ -60,8 +60,15 @@ def provenance_of_rows(rows: list[dict], base: Path) -> list[dict]:
         for folder in _folders(row.get("path", ""), base):
             entry = run_provenance(folder)
             if entry is not None:
-                out.append({"run": row.get("run"), **entry})
+                out.append({"run": row.get("run"), "path": row.get("path", ""), **entry})
     return out
+
+
+def row_data(entries: list[dict], row: dict) -> list[str]:
+    """The data hashes behind one table row: the entries of its label and `path` cell (an older sidecar
+    without paths: every entry of its label)."""
+    mine = [e for e in entries if e.get("run") == row.get("run") and e.get("path", row.get("path", "")) == row.get("path", "")]
+    return _values(mine, lambda e: e.get("data_sha256"))
 
 
 def write_sidecar(table_path: str | Path, rows: list[dict]) -> Path | None:

@@ -6,6 +6,9 @@ Layout, as Keras' TensorBoard callback lays it out, so train and validation shar
 `epoch_accuracy`, ... at step = epoch (1-based); `train` also has `epoch_learning_rate` and
 `epoch_seconds`. `tensorboard/` itself holds the HParams plugin's session records: a sweep
 trial's swept values and seed (a single run: its flattened config), and how the session ended.
+A sweep trial writes one level deeper, under its values (`<id>/tensorboard/train.learning_rate=0.01
+seed=14/validation`), because TensorBoard names a run by its folder's path: the trial folders are
+named by id, and a list of hashes is no way to find the curve of `lr=0.01`.
 A sweep folder gets `tensorboard/` with the HParams experiment (every swept key with its values,
 and the metrics), so `tensorboard --logdir runs/<sweep>` shows the sweep in the HParams table and
 parallel-coordinates views.
@@ -13,7 +16,9 @@ parallel-coordinates views.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -89,11 +94,33 @@ def session_hparams(config: dict, trial: dict | None) -> dict:
     return {k: hparam_value(v) for k, v in flat.items() if k.split(".", 1)[0] not in NOT_COMPARED or k == "seed"}
 
 
+UNSAFE = re.compile(r"[^A-Za-z0-9=.,+\-_ \[\]]+")
+NAME_LIMIT = 120
+
+
+def run_name(trial: dict) -> str:
+    """The folder a sweep trial's events go in, so TensorBoard's run names read as the trial's values:
+    `train.learning_rate=0.01 seed=14` (a fold: `fold=2`); characters a path or TensorBoard's run filter
+    would take apart become `_`, and a long name is cut (the HParams view holds every value in full)."""
+    parts = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (trial.get("values") or {}).items()]
+    parts.append(f"seed={trial.get('seed')}")
+    if trial.get("fold") is not None:
+        parts.append(f"fold={trial['fold']}")
+    name = UNSAFE.sub("_", " ".join(parts)).strip(" .") or "trial"
+    return name if len(name) <= NAME_LIMIT else name[:NAME_LIMIT].rstrip(" .") + "~"
+
+
+def events_dir(run_dir: Path, trial: dict | None) -> Path:
+    """Where a run's (or sweep trial's) event files are: `<run>/tensorboard/`, a trial one level deeper."""
+    folder = Path(run_dir) / FOLDER
+    return folder / run_name(trial) if trial is not None else folder
+
+
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, trial: dict | None):
         import tensorboard  # noqa: F401  (fail here, at start, when the library is missing)
 
-        self.dir = Path(run_dir) / FOLDER
+        self.dir = events_dir(run_dir, trial)
         self.config, self.trial = config, trial
         self._writers: dict[str, object] = {}
         self._last_epoch = 0
