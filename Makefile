@@ -37,10 +37,14 @@ JAX_TESTS = tests/test_backend.py tests/test_models.py tests/test_train.py tests
 	tests/test_trials.py tests/test_api.py tests/test_execute.py
 JAX_SKIP  = not four_processes and not sigterm
 # lint-imports first: the architecture's contracts (pyproject.toml, [tool.importlinter]); a broken one fails the run.
+# pytest-xdist runs TEST_JOBS workers, each taking whole test files (--dist loadfile: a file's module fixtures
+# are built once); on 2 cores the suite took 710 s with 2 workers (docs/performance.md). TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
+PYTEST     = $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 test: install $(VENV)/.installed-jax
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
-	EXPKIT_TEST_BACKEND=jax $(BIN)/python -m pytest -q $(JAX_TESTS) -k '$(JAX_SKIP)'
+	$(PYTEST)
+	EXPKIT_TEST_BACKEND=jax $(PYTEST) $(JAX_TESTS) -k '$(JAX_SKIP)'
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

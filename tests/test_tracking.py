@@ -193,6 +193,31 @@ def test_a_file_store_the_user_names_is_honoured(tmp_path, tiny_config, monkeypa
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_resumed_run_continues_in_the_mlruns_store_its_first_attempt_used(tmp_path, tiny_config, monkeypatch):
+    """Interrupted while tracking into `mlruns/` beside the runs folder, resumed without the variable
+    set: the same MLflow run finishes there, with every epoch, and no second store is started."""
+    from mlflow.tracking import MlflowClient
+
+    from test_checkpoint import interrupt_in_epoch
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate({**tiny_config, "track": ["mlflow"]}), runs_dir=tmp_path / "runs")
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (cut,) = (tmp_path / "runs" / "tiny").iterdir()
+    assert api.resume(cut).status == "done"
+    assert not (tmp_path / "mlflow.db").exists()
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == cut.name
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+
+
 def test_tracker_names_are_checked_before_anything_runs(tmp_path, tiny_config, monkeypatch):
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'; did you mean 'tensorboard'") as info:
         validate({**tiny_config, "track": ["tensorbord"]})

@@ -107,6 +107,17 @@ def test_an_mlflow_server_holds_the_sweep_and_its_page_shows_the_runs(tmp_path, 
         link = f'href="#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"'
         assert parent.info.run_name == "served"
         assert re.search(re.escape(link) + r'[^>]*><span[^>]*>served<', dom), dom[-3000:]
+        # each child run's own page: named by the trial's values, its parent the sweep's run (linked), and
+        # the test accuracy expkit recorded in its metrics table
+        for trial in sweep.trials:
+            child = children[str(trial.config.train.learning_rate)]
+            dom, _ = chromium(tmp_path, f"{url}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}",
+                              "--dump-dom", "--virtual-time-budget=30000")
+            assert child.info.run_name == f"train.learning_rate={trial.config.train.learning_rate} seed=5"
+            assert child.info.run_name in dom, dom[-3000:]
+            assert re.search(r'data-testid="key-value-Parent run".*?' + re.escape(link) + r'>served</a>', dom), dom[-3000:]
+            shown = re.search(r'>test_accuracy</a>.*?title="([0-9.eE+-]+)"', dom)
+            assert shown and float(shown.group(1)) == pytest.approx(results(trial.path)["test"]["accuracy"])
 
 
 def post(url, body):

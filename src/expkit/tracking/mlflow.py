@@ -7,7 +7,8 @@ an MLflow parent run (named after the sweep, holding its tables and plots) with 
 
 The store: `$MLFLOW_TRACKING_URI` when set (a server, `sqlite:///...`, or a `file:` store), else the
 SQLite database `mlflow.db` beside the runs folder (`runs/../mlflow.db`, the store MLflow 3 recommends),
-its artifacts in `runs/../mlartifacts/`. MLflow 3 keeps the file store in maintenance mode and refuses
+its artifacts in `runs/../mlartifacts/`; but a file store `runs/../mlruns/` already there (and no
+`mlflow.db`) stays the store, so runs tracked there continue there. MLflow 3 keeps the file store in maintenance mode and refuses
 it unless MLFLOW_ALLOW_FILE_STORE is set: a user who names a file store has chosen it, so expkit sets
 that for them. Runs are tagged with their folder (`expkit.folder`), so a resumed run continues its
 MLflow run and `expkit export mlflow` does not log a folder twice.
@@ -36,11 +37,26 @@ def runs_dir_of(run_dir: Path) -> Path:
     return Path(run_dir).resolve().parent.parent
 
 
+def _file_store_beside(runs_dir: Path) -> Path | None:
+    """`mlruns/` beside `runs_dir` when it is the store already in use there: MLflow's own default, and
+    where runs tracked with `MLFLOW_TRACKING_URI=file:...` (or by an earlier expkit) live. It is kept
+    until an `mlflow.db` appears beside it, so a resumed run continues its MLflow run in the store its
+    first attempt used instead of starting a second one in a new database."""
+    beside = Path(runs_dir).resolve().parent
+    if (beside / "mlruns").is_dir() and not (beside / "mlflow.db").exists():
+        return beside / "mlruns"
+    return None
+
+
 def tracking_uri(runs_dir: Path) -> str:
-    """$MLFLOW_TRACKING_URI, else the SQLite store `mlflow.db` beside `runs_dir`."""
+    """$MLFLOW_TRACKING_URI, else the file store `mlruns/` beside `runs_dir` when one is there (and no
+    `mlflow.db`), else the SQLite store `mlflow.db` beside `runs_dir`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    store = None if uri else _file_store_beside(runs_dir)
+    if store is not None:
+        uri = store.as_uri()
     if uri:
-        if uri.startswith("file:") or "://" not in uri:  # a file store the user chose: MLflow 3 asks for consent
+        if uri.startswith("file:") or "://" not in uri:  # a file store chosen: MLflow 3 asks for consent
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return uri
     return "sqlite:///" + str(Path(runs_dir).resolve().parent / "mlflow.db")
@@ -48,8 +64,9 @@ def tracking_uri(runs_dir: Path) -> str:
 
 def artifact_root(runs_dir: Path) -> str | None:
     """Where the default store's experiments keep their files: `mlartifacts/` beside `runs_dir` (else
-    MLflow would pick a folder under the current directory). None: the store the user set decides."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    MLflow would pick a folder under the current directory). None: the store the user set, or a file
+    store (which keeps them inside itself), decides."""
+    if os.environ.get("MLFLOW_TRACKING_URI") or _file_store_beside(runs_dir) is not None:
         return None
     return (Path(runs_dir).resolve().parent / "mlartifacts").as_uri()
 
