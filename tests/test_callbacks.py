@@ -110,3 +110,87 @@ def test_a_sweep_with_callbacks_or_class_weights_trains_one_at_a_time_and_says_w
         assert [n for n in plan.notes if n.startswith(note)], plan.notes
         with pytest.raises(ConfigError, match=note.split(":")[0]):
             grouping.check_vectorisable(cfg, trials)
+
+
+RAMP = '''
+import keras
+
+
+class Ramp(keras.callbacks.Callback):
+    """The rate is `step` times the epochs this callback has seen: state of its own, reset when training begins."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_begin(self, logs=None):
+        self.seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen += 1
+        self.model.optimizer.learning_rate.assign(self.step * self.seen)
+
+    def get_state(self):
+        return {"seen": self.seen}
+
+    def set_state(self, state):
+        self.seen = state["seen"]
+
+
+class ForgetfulRamp(Ramp):
+    get_state = set_state = None
+'''
+
+
+def _interrupted_then_resumed(raw, tmp_path, monkeypatch, epoch):
+    import expkit
+    from test_checkpoint import interrupt_in_epoch
+
+    from expkit.runner import run_experiment
+
+    interrupt_in_epoch(monkeypatch, epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate(raw), runs_dir=tmp_path)
+    monkeypatch.undo()
+    (cut,) = (tmp_path / raw["name"]).iterdir()
+    return expkit.resume(cut)
+
+
+@pytest.mark.parametrize("callback", [
+    {"ReduceLROnPlateau": {"monitor": "loss", "factor": 0.5, "patience": 1, "min_delta": 100.0}},
+    {"EarlyStopping": {"monitor": "loss", "min_delta": 100.0, "patience": 3}},
+], ids=["plateau", "early-stopping"])
+def test_a_keras_callback_by_name_resumes_with_its_state(tiny_config, tmp_path, monkeypatch, callback):
+    """Interrupted in epoch 4 and resumed: the plateau's and the early stopping's patience carry on from the
+    checkpoint (started afresh, both would count from epoch 4), so the rates and the stopping epoch are
+    those of the uninterrupted run."""
+    import expkit
+
+    raw = {**_raw(tiny_config, [callback], epochs=6), "name": "resumed_callback"}
+    whole = expkit.run(raw, runs_dir=tmp_path / "whole")
+    resumed = _interrupted_then_resumed(raw, tmp_path / "cut", monkeypatch, 4)
+    rows = [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in read_metrics(resumed.path)]
+    assert rows == [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in read_metrics(whole.path)]
+    if "EarlyStopping" in callback:
+        assert len(rows) == 4  # patience 3 after the first epoch: stopped after epoch 4, also across the resume
+    else:
+        assert [r["learning_rate"] for r in rows] == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.00125, 0.000625])
+
+
+def test_the_users_callback_carries_its_state_through_get_state(tiny_config, tmp_path, monkeypatch, capsys):
+    """A callback of one's own with get_state/set_state resumes where it was; one without says, on resume,
+    that it starts afresh (and then does: the record shows what happened)."""
+    (tmp_path / "ramp_callbacks.py").write_text(RAMP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**_raw(tiny_config, [{"ramp_callbacks:Ramp": {"step": 0.01}}], epochs=4), "name": "ramp"}
+    resumed = _interrupted_then_resumed(raw, tmp_path / "kept", monkeypatch, 3)
+    assert [r["learning_rate"] for r in read_metrics(resumed.path)] == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    assert "warning" not in capsys.readouterr().err
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**_raw(tiny_config, [{"ramp_callbacks:ForgetfulRamp": {"step": 0.01}}], epochs=4), "name": "ramp"}
+    resumed = _interrupted_then_resumed(raw, tmp_path / "lost", monkeypatch, 3)
+    assert [r["learning_rate"] for r in read_metrics(resumed.path)] == pytest.approx([0.01, 0.02, 0.01, 0.02])
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == [
+        "expkit: warning: train.callbacks[0] (ramp_callbacks:ForgetfulRamp) starts afresh: a checkpoint carries "
+        "the state of a callback of one's own only through its get_state() and set_state(state) methods"]

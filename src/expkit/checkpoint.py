@@ -90,7 +90,8 @@ def seed_variables(model) -> list:
     return [v for v in model.variables if v.name == SEED_STATE]
 
 
-def write_checkpoint(model, folder: str | Path, state: dict, best_weights: list | None = None) -> Path:
+def write_checkpoint(model, folder: str | Path, state: dict, best_weights: dict | None = None) -> Path:
+    """`best_weights`: {zip member: weights} of early stoppings that will restore an earlier epoch."""
     import numpy as np
 
     path = Path(folder) / CHECKPOINT
@@ -100,10 +101,10 @@ def write_checkpoint(model, folder: str | Path, state: dict, best_weights: list 
             model.save(tmp)
             with zipfile.ZipFile(tmp, "a") as zf:
                 zf.writestr(STATE_MEMBER, json.dumps(state, allow_nan=True))
-                if best_weights is not None:
+                for member, weights in (best_weights or {}).items():
                     buf = io.BytesIO()
-                    np.savez(buf, *best_weights)
-                    zf.writestr(BEST_WEIGHTS_MEMBER, buf.getvalue())
+                    np.savez(buf, *weights)
+                    zf.writestr(member, buf.getvalue())
             _replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -214,10 +215,36 @@ def checkpoint_epoch(model, folder: Path, epoch: int, result, watched: list, sto
     return True
 
 
+def _key(cb) -> str:
+    """Where a callback's state sits in expkit-state.json: expkit's own by class name (EarlyStopping), a
+    train.callbacks entry by its key path (train.callbacks.0), so two of one class keep apart."""
+    return getattr(cb, "_expkit_key", None) or type(cb).__name__
+
+
+def _own_state(cb) -> bool:
+    """A user's callback that carries its state itself: get_state() -> a JSON-able dict, set_state(dict)."""
+    return callable(getattr(cb, "get_state", None)) and callable(getattr(cb, "set_state", None))
+
+
+def _best_member(cb) -> str:
+    key = getattr(cb, "_expkit_key", None)
+    return BEST_WEIGHTS_MEMBER if key is None else BEST_WEIGHTS_MEMBER.replace(".npz", f"-{key}.npz")
+
+
 def watched_callbacks(callbacks: list) -> list:
-    """The callbacks whose state a checkpoint carries (CALLBACK_STATE)."""
-    # a train.callbacks entry of the same class (a ReduceLROnPlateau of the user's) keeps its own state
-    return [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE and not getattr(cb, "_expkit_user", False)]
+    """The callbacks whose state a checkpoint carries: expkit's early stopping and plateau schedule, the
+    same Keras classes named in train.callbacks (CALLBACK_STATE), and the user's own callbacks that
+    define get_state/set_state."""
+    return [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE
+            or (getattr(cb, "_expkit_user", False) and _own_state(cb))]
+
+
+def stateless_user_callbacks(callbacks: list) -> list[str]:
+    """train.callbacks entries of the user's own classes whose state a checkpoint cannot carry (no
+    get_state/set_state): `train.callbacks[1] (my_callbacks:Warmup)`, for the resume warning."""
+    return [cb._expkit_where for cb in callbacks
+            if getattr(cb, "_expkit_user", False) and ":" in getattr(cb, "_expkit_name", "")
+            and type(cb).__name__ not in CALLBACK_STATE and not _own_state(cb)]
 
 
 def restore_callbacks(watched: list, checkpoint: Checkpoint, model) -> None:
@@ -228,7 +255,12 @@ def restore_callbacks(watched: list, checkpoint: Checkpoint, model) -> None:
 
     saved = checkpoint.state.get("callbacks") or {}
     for cb in watched:
-        state = saved.get(type(cb).__name__) or {}
+        state = saved.get(_key(cb))
+        if state is None:
+            continue
+        if type(cb).__name__ not in CALLBACK_STATE:  # the user's own: get_state's dict, back to set_state
+            cb.set_state(state)
+            continue
         for attr in CALLBACK_STATE[type(cb).__name__]:
             if attr in state:
                 setattr(cb, attr, state[attr])
@@ -236,22 +268,36 @@ def restore_callbacks(watched: list, checkpoint: Checkpoint, model) -> None:
             if state["best_weights"] == "current":
                 cb.best_weights = model.get_weights()
             else:
-                with zipfile.ZipFile(checkpoint.path) as zf, np.load(io.BytesIO(zf.read(BEST_WEIGHTS_MEMBER))) as npz:
+                with zipfile.ZipFile(checkpoint.path) as zf, np.load(io.BytesIO(zf.read(_best_member(cb)))) as npz:
                     cb.best_weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
 
-def epoch_state(epoch: int, result, watched: list, model, stopping: bool) -> tuple[dict, list | None]:
+def epoch_state(epoch: int, result, watched: list, model, stopping: bool) -> tuple[dict, dict]:
     """What a checkpoint written after `epoch` (0-based) holds besides the model: expkit-state.json's
-    dict, and the best weights when early stopping will restore an epoch before this one."""
+    dict, and {zip member: best weights} of each early stopping that will restore an epoch before this one."""
     import keras
 
-    saved, best = {}, None
+    saved, best = {}, {}
     for cb in watched:
+        if type(cb).__name__ not in CALLBACK_STATE:
+            state = cb.get_state()
+            try:
+                json.dumps(state, allow_nan=True)
+            except (TypeError, ValueError) as exc:
+                if not getattr(cb, "_expkit_warned", False):
+                    cb._expkit_warned = True
+                    print(f"expkit: warning: {cb._expkit_where}: get_state() returned what JSON cannot hold "
+                          f"({exc}); the checkpoint leaves its state out, so a resumed run starts it afresh",
+                          file=sys.stderr)
+                continue
+            saved[_key(cb)] = state
+            continue
         state = {attr: _plain(getattr(cb, attr, None)) for attr in CALLBACK_STATE[type(cb).__name__]}
         if getattr(cb, "restore_best_weights", False) and getattr(cb, "best_weights", None) is not None:
             state["best_weights"] = "current" if cb.best_epoch == epoch else "stored"
-            best = None if cb.best_epoch == epoch else cb.best_weights
-        saved[type(cb).__name__] = state
+            if cb.best_epoch != epoch:
+                best[_best_member(cb)] = cb.best_weights
+        saved[_key(cb)] = state
     # the backend that trained it: another backend's attempt starts afresh (sweeps.work.resume_point)
     return {"epoch": epoch + 1, "history": result.history, "fit_seconds": result.fit_seconds,
             "stopping": stopping, "callbacks": saved, "backend": keras.backend.backend(),

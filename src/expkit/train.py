@@ -234,6 +234,9 @@ def user_callbacks(cfg: ExperimentConfig) -> list:
         if not isinstance(callback, keras.callbacks.Callback):
             raise ConfigError(f"{name} made a {type(callback).__name__}, not a keras.callbacks.Callback", path=path)
         callback._expkit_user = True
+        # its checkpoint state's key, and how warnings name it
+        callback._expkit_key, callback._expkit_name = f"train.callbacks.{i}", name
+        callback._expkit_where = f"train.callbacks[{i}] ({name})"
         out.append(callback)
     return out
 
@@ -378,6 +381,11 @@ def train(cfg: ExperimentConfig, dataset, model, *, on_epoch=None, result: Train
 
         callbacks.append(checkpoint_callback(checkpoint_dir, result, callbacks, resume))
         if resume is not None:
+            from .checkpoint import stateless_user_callbacks
+
+            for where in stateless_user_callbacks(callbacks):
+                print(f"expkit: warning: {where} starts afresh: a checkpoint carries the state of a callback of "
+                      "one's own only through its get_state() and set_state(state) methods", file=sys.stderr)
             restore(model, resume)
             result.history = [dict(row) for row in resume.state["history"]]
             result.previous_seconds = float(resume.state.get("fit_seconds") or 0.0)
