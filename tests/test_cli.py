@@ -255,6 +255,38 @@ def test_interrupt_before_any_run_folder_says_what_was_stopped(tmp_path, sig, co
     assert err.strip() == "expkit: interrupted: 'expkit config' stopped before writing any run folder"
 
 
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux's /proc/PID/wchan")
+def test_a_sweep_stopped_before_its_first_trial_names_no_folder(tmp_path, tiny_config):
+    """The sweep's data file is a FIFO, so the sweep waits in its check before any trial: Ctrl-C then says
+    nothing was written (no 'run folder is marked' sentence), and nothing was."""
+    import signal
+    import time
+
+    fifo = tmp_path / "data.npz"
+    os.mkfifo(fifo)
+    config = {**tiny_config, "name": "sw", "data": {"dataset": "npz", "path": str(fifo)},
+              "sweep": {"grid": {"train.learning_rate": [0.1, 0.01]}}}
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = _spawn_cli("run", path, "--runs-dir", tmp_path / "runs")
+    try:
+        wchan, deadline = Path(f"/proc/{proc.pid}/wchan"), time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # until it waits in open() of the FIFO
+            if wchan.exists() and "partner" in wchan.read_text():
+                break
+            time.sleep(0.2)
+        assert "partner" in wchan.read_text(), "the sweep never reached its data file"
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip() == "expkit: interrupted: 'expkit run' stopped before writing any run folder"
+    assert not (tmp_path / "runs").exists() and took < 20, took
+
+
 def test_interrupted_run_names_its_folder_and_the_resume_command(tmp_path, tiny_config):
     import signal
     import time

@@ -296,6 +296,23 @@ def test_an_address_where_nothing_listens_ends_at_once_naming_the_key(tmp_path, 
     assert took < 60, f"took {took:.1f} s"
 
 
+def test_a_gpu_asked_of_a_local_ray_without_one_ends_at_once_naming_the_key(tmp_path, tiny_config, write_yaml):
+    """`sweep.resources.gpus: 1` and `--executor ray` on a machine without a GPU (none visible to the Ray
+    the command starts itself): one line naming the key and what the cluster has, exit 2, within seconds
+    of Ray's start, and no sweep folder (Ray alone would wait for the GPU forever)."""
+    path = write_yaml("rs.yaml", sweep_cfg(tiny_config, resources={"gpus": 1}))
+    began = time.monotonic()
+    out = subprocess.run(cli("run", path, "--runs-dir", tmp_path / "runs", "--executor", "ray"),
+                         env={**ENV, "CUDA_VISIBLE_DEVICES": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+                         capture_output=True, text=True, timeout=180)
+    took = time.monotonic() - began
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("expkit: error")]
+    assert "sweep.resources.gpus" in line and "reserves 1 GPU, and the Ray cluster has 0" in line, line
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs" / "rs").exists()
+    assert took < 120, f"took {took:.1f} s"
+
+
 def test_a_reservation_the_cluster_can_never_meet_is_refused(local_ray, tmp_path, tiny_config):
     """The local instance declares one GPU: two per task could never be scheduled."""
     cfg = validate(sweep_cfg(tiny_config, resources={"gpus": 2}))

@@ -191,3 +191,46 @@ def test_diff_says_when_the_user_code_changed():
     assert compare_provenance(old, new) == [
         f"the tables come from different user code: my_models sha256 {'a' * 12} -> {'b' * 12}"]
     assert compare_provenance(old, old) == []
+
+
+MY_TERMS = '''
+import keras
+
+
+def quarter(y_true, y_pred):
+    """A metric of one's own: always 0.25 (connected to the prediction, so Keras tracks it)."""
+    return 0.0 * keras.ops.mean(y_pred) + 0.25
+
+
+class Five(keras.regularizers.Regularizer):
+    """A regularizer of one's own adding 5 to the loss: zero gradient, so training is unchanged."""
+
+    def __call__(self, x):
+        return 0.0 * keras.ops.sum(x) + 5.0
+
+    def get_config(self):
+        return {}
+'''
+
+
+def test_a_metric_and_a_regularizer_of_ones_own_by_module_attribute(tmp_path, tiny_config, monkeypatch):
+    """train.metrics and a layer's kernel_regularizer name the user's function and class: the metric's
+    column is its value every epoch, and the regularizer adds its 5 to the loss Keras reports, weights unchanged."""
+    import expkit
+    from expkit.runfolder import read_metrics
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "my_terms.py").write_text(MY_TERMS)
+    monkeypatch.delitem(sys.modules, "my_terms", raising=False)
+    layers = tiny_config["model"]["layers"]
+    regularized = [layers[0], {"dense": {**layers[1]["dense"], "kernel_regularizer": "my_terms:Five"}}, layers[2]]
+    plain = {**tiny_config, "name": "terms", "train": {**tiny_config["train"], "metrics": ["accuracy", "my_terms:quarter"]}}
+    (folder / "plain.yaml").write_text(yaml.safe_dump(plain))
+    (folder / "five.yaml").write_text(yaml.safe_dump({**plain, "model": {"layers": regularized}}))
+    a = read_metrics(expkit.run(folder / "plain.yaml", runs_dir=tmp_path / "runs").path)
+    b = read_metrics(expkit.run(folder / "five.yaml", runs_dir=tmp_path / "runs").path)
+    assert [r["quarter"] for r in a] == pytest.approx([0.25] * 3) and [r["val_quarter"] for r in a] == pytest.approx([0.25] * 3)
+    assert [r["loss"] - 5.0 for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-4)
+    assert [r["accuracy"] for r in b] == [r["accuracy"] for r in a]
+    sys.modules.pop("my_terms", None)
