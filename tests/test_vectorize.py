@@ -499,6 +499,29 @@ def test_when_the_jax_processes_cannot_check_this_process_does(tiny_config, tmp_
 
 
 @needs_jax
+def test_vectorize_false_after_a_vectorised_run_says_what_it_keeps(tiny_config, tmp_path, monkeypatch):
+    """`make sweep-lr VECTORIZE=false` after a vectorised run: the finished JAX trials are kept (not trained
+    again), and one line says they were trained on another backend than their config's and how to retrain."""
+    import io
+
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)
+    grid = {"grid": {"train.learning_rate": [0.1, 0.01]}}
+    cfg = sweep_cfg(tiny_config, {**grid, "vectorize": True})
+    sweep_dir, counts = run_sweep(cfg, runs_dir=tmp_path, log=io.StringIO())
+    assert counts == {"done": 2}
+    ids = [t.id for t in expand_sweep(cfg)]
+    assert {read_record(sweep_dir / i).backend for i in ids} == {"jax"}
+    before = {i: (sweep_dir / i / "metrics.csv").read_bytes() for i in ids}
+    log = io.StringIO()
+    run_sweep(sweep_cfg(tiny_config, {**grid, "vectorize": False}), runs_dir=tmp_path, log=log)
+    assert [t.id for t in expand_sweep(sweep_cfg(tiny_config, {**grid, "vectorize": False}))] == ids
+    assert ("kept: 2 finished trials were trained on another backend than their config's (2 on jax, vectorised); "
+            "their records and the tables say so. To train them again one at a time, run the sweep under another "
+            "name (--set name=...)") in log.getvalue().splitlines()
+    assert {i: (sweep_dir / i / "metrics.csv").read_bytes() for i in ids} == before  # nothing trained again
+
+
+@needs_jax
 def test_a_tracked_sweep_says_why_it_trains_one_at_a_time(tiny_config, tmp_path, monkeypatch):
     """`--track` keeps trials out of vectorised groups: one line says so, and the records say TensorFlow."""
     import io
