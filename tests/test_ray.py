@@ -138,6 +138,33 @@ def test_a_vectorised_group_trains_as_one_ray_task_like_the_local_group(local_ra
         assert a["best"]["val_loss"] == pytest.approx(b["best"]["val_loss"], abs=1e-4)
 
 
+def test_two_vectorised_groups_at_half_a_gpu_each_run_as_two_ray_tasks_at_once(local_ray, tmp_path, tiny_config,
+                                                                              monkeypatch):
+    """Two groups (two widths, each over two learning rates; `auto` splits them by shape) at gpus: 0.5 on
+    the instance's one GPU: each group is scheduled as one Ray task holding half the GPU. (Whether the two
+    overlap depends on how fast Ray starts its workers on a busy machine, so it is not asserted.)"""
+    import io
+
+    from expkit.sweeps.vectorize import grouping
+
+    monkeypatch.setattr(grouping, "MIN_SEQUENTIAL_SECONDS", 0.0)  # group even trials this short
+    cfg = sweep_cfg(tiny_config, name="rg", seeds=(0,), vectorize="auto",
+                    resources={"cpus": 0.5, "gpus": 0.5})
+    cfg["sweep"]["grid"] = {"model.layers.1.dense.units": [8, 16], "train.learning_rate": [0.1, 0.01]}
+    cfg = validate(cfg)
+    log = io.StringIO()
+    sweep_dir, counts = finish(*sweep_in_thread(cfg, tmp_path, executor="ray", log=log))
+    assert counts == {"done": 4}
+    assert log.getvalue().count("train as one JAX program as a Ray task") == 2
+    done = records(sweep_dir, expand_sweep(cfg))
+    assert all(r["vectorized"]["trials"] == 2 for r in done)
+    groups: dict = {}
+    for t, r in zip(expand_sweep(cfg), done):
+        groups.setdefault(r["vectorized"]["group"], set()).add(t.config.model.layers[1]["dense"]["units"])
+    assert sorted(map(sorted, groups.values())) == [[8], [16]]  # one program per width
+    assert os.getpid() not in {r["pid"] for r in done} and {r["backend"] for r in done} == {"jax"}  # in Ray's workers
+
+
 def _interval(record):
     from datetime import datetime
 
