@@ -103,6 +103,7 @@ def test_a_ray_sweep_equals_one_job(local_ray, tmp_path, tiny_config, write_yaml
     assert counts == {"done": 4}
     trials = expand_sweep(cfg)
     assert {r["pid"] for r in records(sweep_dir, trials)}.isdisjoint({os.getpid()})  # trained in Ray's workers
+    assert {r["backend"] for r in records(sweep_dir, trials)} == {"tensorflow"}  # the config's, one trial a task
     path = write_yaml("rs.yaml", sweep_cfg(tiny_config))
     alone = subprocess.run(cli("run", path, "--runs-dir", tmp_path / "alone", "--jobs", "1"), env=ENV,
                            capture_output=True, text=True, timeout=SWEEP_SECONDS)

@@ -274,7 +274,7 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
         waiting.append(t)
         state[t.id] = "waiting"
 
-    def settle(t, outcome, tables: bool = True) -> None:
+    def settle(t, outcome) -> None:
         nonlocal finished_here
         if not last and (not outcome.trained or outcome.status == PENDING):  # the last pass sees to it
             if outcome.trained:  # its group's process failed before it started: say why
@@ -286,8 +286,6 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
         if outcome.trained:
             finished_here += 1
             trained.add(t.id)
-            if tables:  # the manifest and results as trials finish
-                refresh(cfg, trials, sweep_dir)
 
     try:
         show(force=True)
@@ -325,11 +323,13 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
                 if waiting:
                     time.sleep(POLL_SECONDS)
                 continue
+            trained_now = False
             for t, outcome in runner.collect(POLL_SECONDS):
                 if last and not outcome.trained and outcome.status == RUNNING:
                     wait_for(t, outcome.message)
                     continue
                 settle(t, outcome)
+                trained_now = trained_now or outcome.trained
                 if outcome.status == FAILED and fail_fast and (queue or waiting):
                     say("--fail-fast: stopping after the first failed trial"
                         + ("; waiting for the trials already running" if runner.in_flight else ""))
@@ -338,6 +338,8 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
                             state[lt.id] = "queued"
                     queue.clear()
                     waiting.clear()
+            if trained_now:  # the manifest and tables once for what ended together (a group's trials all at once)
+                refresh(cfg, trials, sweep_dir)
             for key in [k for k in in_flight_units if k not in runner.in_flight]:
                 del in_flight_units[key]
             show()
@@ -345,7 +347,7 @@ def _drive(cfg: ExperimentConfig, trials: list, units: list, sweep_dir: Path, ru
         if isinstance(exc, KeyboardInterrupt):
             exc.marked_folder = ("sweep", sweep_dir)  # the CLI names it, and how to continue it
         for t, outcome in runner.stop():  # every running trial records itself as interrupted
-            settle(t, outcome, tables=False)
+            settle(t, outcome)
         try:
             refresh(cfg, trials, sweep_dir)
         except RunWriteError:
