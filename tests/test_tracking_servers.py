@@ -179,3 +179,29 @@ def test_tensorboard_serves_the_sweeps_hparams(tmp_path):
             last = trial.history.iloc[-1]
             assert values[("validation", "epoch_accuracy")] == pytest.approx(float(last["val_accuracy"]), rel=1e-5)
             assert values[("train", "epoch_loss")] == pytest.approx(float(last["loss"]), rel=1e-5)
+
+
+def test_the_readmes_mlflow_ui_serves_the_default_store(tmp_path, monkeypatch):
+    """A run tracked into the default store (`runs/../mlflow.db`, its files in `mlartifacts/`), then the
+    README's `mlflow ui --backend-store-uri sqlite:///mlflow.db` started from that folder: its REST API
+    lists the run with expkit's numbers, and the run's results.json downloads through it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = {**sweep_config({}), "track": ["mlflow"]}
+    del cfg["sweep"]
+    run = api.run(cfg, runs_dir=tmp_path / "runs")
+    assert (tmp_path / "mlflow.db").is_file()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [str(BIN / "mlflow"), "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1"]
+    with server(argv, f"{url}/health", tmp_path, tmp_path / "mlflow-ui.log"):
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served",
+                                    timeout=20) as response:
+            experiment = json.loads(response.read())["experiment"]
+        (found,) = post(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        assert found["info"]["run_name"] == run.path.name and found["info"]["status"] == "FINISHED"
+        metrics = {m["key"]: m["value"] for m in found["data"]["metrics"]}
+        assert metrics["test_accuracy"] == pytest.approx(results(run.path)["test"]["accuracy"])
+        with urllib.request.urlopen(f"{url}/get-artifact?path=results.json&run_uuid={found['info']['run_id']}",
+                                    timeout=20) as response:
+            assert json.loads(response.read()) == results(run.path)
