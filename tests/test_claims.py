@@ -129,3 +129,27 @@ def test_claims_on_tiny_trained_runs(tmp_path, tiny_config):
     assert [(v.verdict, v.test["test"], v.test["seeds"]) for v in verdicts] == [
         (HOLDS, "paired", "3 vs 3"), (REVERSED, "paired", "3 vs 3")]
     assert not any(v.failed for v in verdicts)
+
+
+def test_skip_missing_marks_claims_of_rows_not_run(tmp_path):
+    """A study run in part: without --skip-missing a row no run has is one line naming the claim's key path;
+    with it, that claim is 'not run' (counted, its rows named) and a must_hold one still fails the command."""
+    paths = [str(p) for p in study(tmp_path)]
+    claims = [THREE[0], {"claim": "later beats good", "a": "later", "b": "good", "metric": "best_val_accuracy",
+                         "direction": "higher"}]
+    path = claims_file(tmp_path / "c.yaml", claims)
+    with pytest.raises(ConfigError) as info:
+        check_claims(path, paths)
+    assert info.value.path == "claims[1].a" and "'later' names no row of these runs" in info.value.message
+    verdicts = check_claims(path, paths, skip_missing=True)
+    assert [v.verdict for v in verdicts] == [HOLDS, "not run"] and verdicts[1].test["note"] == "no runs of 'later'"
+    cmd = [sys.executable, "-m", "expkit", "claims", "--skip-missing"]
+    out = subprocess.run(cmd + [str(path), *paths], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[3] == ('| 2 | not run | "later beats good" | later - good | best_val_accuracy | higher |  | '
+                        "no runs of 'later' |  |  |  |")
+    assert lines[-1] == "2 claim(s) (intervals at 95%): 1 holds, 0 reversed, 0 not shown, 1 not run"
+    gate = claims_file(tmp_path / "gate.yaml", [THREE[0], dict(claims[1], must_hold=True)])
+    failed = subprocess.run(cmd + [str(gate), *paths], capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 1 and failed.stdout.splitlines()[-1] == "must_hold: 1 claim(s) failed: #2 (not run)"

@@ -221,7 +221,7 @@ def cmd_claims(args) -> int:
     from .report.claims import check_claims, format_verdicts, load_claims
 
     significance = load_claims(args.claims_file).significance
-    verdicts = check_claims(args.claims_file, args.paths)
+    verdicts = check_claims(args.claims_file, args.paths, skip_missing=args.skip_missing)
     sys.stdout.write(format_verdicts(verdicts, significance))
     return 1 if any(v.failed for v in verdicts) else 0
 
@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "exit 1 when a must_hold claim fails")
     p.add_argument("claims_file", metavar="FILE", help="the claims file (claims.yaml)")
     p.add_argument("paths", nargs="+", metavar="RUNS", help="run folders, runs/<name> folders or sweep folders")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="a claim whose rows have no runs here is 'not run' (a must_hold one fails) instead of an error")
     p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("export", help="record existing run folders in TensorBoard or MLflow, as `track` would have")

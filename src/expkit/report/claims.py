@@ -31,6 +31,7 @@ from .formatting import escape_markdown, format_number
 from .stats import TESTED, compare_values, format_p, published_rows, seed_values
 
 HOLDS, REVERSED, NOT_SHOWN = "holds", "reversed", "not shown"
+NOT_RUN = "not run"  # --skip-missing: a row of the claim has no runs among those given (a study run in part)
 
 
 class Claim(BaseModel):
@@ -71,7 +72,7 @@ class ClaimsFile(BaseModel):
 class Verdict:
     number: int                  # 1-based, as the file lists them
     claim: Claim
-    verdict: str                 # HOLDS, REVERSED or NOT_SHOWN
+    verdict: str                 # HOLDS, REVERSED, NOT_SHOWN, or NOT_RUN (only with skip_missing)
     test: dict                   # stats.compare_values' row: difference, ci_low, ci_high, p_value, test, seeds, note
 
     @property
@@ -110,8 +111,10 @@ def _key_path_error(exc: ValidationError, file) -> ConfigError:
     return ConfigError(message + more, file=file, path=format_path(loc))
 
 
-def check_claims(path: str | Path, runs) -> list[Verdict]:
-    """Each claim of the file at `path` judged on `runs` (run, run-name and sweep folders, as `expkit table` reads)."""
+def check_claims(path: str | Path, runs, *, skip_missing: bool = False) -> list[Verdict]:
+    """Each claim of the file at `path` judged on `runs` (run, run-name and sweep folders, as `expkit table` reads).
+    A claim naming a row none of the runs has is a ConfigError naming its key path, or with `skip_missing`
+    (a study run in part) the verdict `not run`, which fails a must_hold claim."""
     from .collect import collect_runs
     from .reference import with_reference
     from .table import comparison_table, seed_groups
@@ -129,12 +132,21 @@ def check_claims(path: str | Path, runs) -> list[Verdict]:
     verdicts = []
     for number, claim in enumerate(claims.claims, start=1):
         where = f"claims[{number - 1}]"
+        missing = []
         for key in ("a", "b"):
             label = getattr(claim, key)
             if label not in groups and not (key == "b" and label in published):
                 rows = [*groups, *published] if key == "b" else list(groups)
-                raise ConfigError(f"'{label}' names no row of these runs{did_you_mean(label, rows)} "
-                                  f"(rows: {', '.join(rows)})", file=path, path=f"{where}.{key}")
+                if not skip_missing:
+                    raise ConfigError(f"'{label}' names no row of these runs{did_you_mean(label, rows)} "
+                                      f"(rows: {', '.join(rows)})", file=path, path=f"{where}.{key}")
+                missing.append(label)  # the verdict's note names it, so a typo still shows
+        if missing:
+            nan = float("nan")
+            verdicts.append(Verdict(number, claim, NOT_RUN, {
+                "difference": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "test": "",
+                "seeds": "", "note": "no runs of " + " and ".join(f"'{m}'" for m in missing)}))
+            continue
         values_b = published[claim.b].get(claim.metric) if claim.b in published else seed_values(groups[claim.b], claim.metric)
         test = compare_values(seed_values(groups[claim.a], claim.metric), values_b,
                               test=claim.test or claims.test, confidence=1 - claims.significance)
@@ -169,10 +181,13 @@ def format_verdicts(verdicts: list[Verdict], significance_level: float | None = 
             p = format_p(t["p_value"])
         verdict = f"**{v.verdict}**" if v.failed else v.verdict
         rows.append([str(v.number), verdict + (" (must hold)" if v.claim.must_hold else ""), f'"{v.claim.claim}"',
-                     f"{v.claim.a} - {v.claim.b}", m, claimed, format_number(m, t["difference"], signed=True),
+                     f"{v.claim.a} - {v.claim.b}", m, claimed,
+                     "" if v.verdict == NOT_RUN else format_number(m, t["difference"], signed=True),
                      interval, p, t["test"], t["seeds"]])
     text = "".join("| " + " | ".join(escape_markdown(c) for c in r) + " |\n" for r in rows)
-    counts = {kind: sum(v.verdict == kind for v in verdicts) for kind in (HOLDS, REVERSED, NOT_SHOWN)}
+    counts = {kind: sum(v.verdict == kind for v in verdicts) for kind in (HOLDS, REVERSED, NOT_SHOWN, NOT_RUN)}
+    if not counts[NOT_RUN]:
+        del counts[NOT_RUN]
     level = f" (intervals at {100 * (1 - significance_level):g}%)" if significance_level is not None else ""
     text += f"\n{len(verdicts)} claim(s){level}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + "\n"
     failed = [v for v in verdicts if v.failed]
