@@ -139,8 +139,7 @@ def test_a_vectorised_group_trains_as_one_ray_task_like_the_local_group(local_ra
         assert a["best"]["val_loss"] == pytest.approx(b["best"]["val_loss"], abs=1e-4)
 
 
-def test_two_vectorised_groups_at_half_a_gpu_each_run_as_two_ray_tasks_at_once(local_ray, tmp_path, tiny_config,
-                                                                              monkeypatch):
+def test_vectorised_groups_at_half_a_gpu_are_each_one_ray_task(local_ray, tmp_path, tiny_config, monkeypatch):
     """Two groups (two widths, each over two learning rates; `auto` splits them by shape) at gpus: 0.5 on
     the instance's one GPU: each group is scheduled as one Ray task holding half the GPU. (Whether the two
     overlap depends on how fast Ray starts its workers on a busy machine, so it is not asserted.)"""
