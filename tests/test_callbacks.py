@@ -139,6 +139,11 @@ class Ramp(keras.callbacks.Callback):
 
 class ForgetfulRamp(Ramp):
     get_state = set_state = None
+
+
+class SetRamp(Ramp):
+    def get_state(self):
+        return {"seen": {self.seen}}  # a set: JSON cannot hold it
 '''
 
 
@@ -194,3 +199,16 @@ def test_the_users_callback_carries_its_state_through_get_state(tiny_config, tmp
     assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == [
         "expkit: warning: train.callbacks[0] (ramp_callbacks:ForgetfulRamp) starts afresh: a checkpoint carries "
         "the state of a callback of one's own only through its get_state() and set_state(state) methods"]
+
+
+def test_a_get_state_json_cannot_hold_is_one_warning_and_the_resume_starts_it_afresh(tiny_config, tmp_path,
+                                                                                     monkeypatch, capsys):
+    (tmp_path / "ramp_callbacks.py").write_text(RAMP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "ramp_callbacks", raising=False)
+    raw = {**_raw(tiny_config, [{"ramp_callbacks:SetRamp": {"step": 0.01}}], epochs=4), "name": "ramp"}
+    resumed = _interrupted_then_resumed(raw, tmp_path / "runs", monkeypatch, 3)
+    assert [r["learning_rate"] for r in read_metrics(resumed.path)] == pytest.approx([0.01, 0.02, 0.01, 0.02])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all(w.startswith("expkit: warning: train.callbacks[0] (ramp_callbacks:SetRamp): "
+                                                   "get_state() returned what JSON cannot hold") for w in warnings)

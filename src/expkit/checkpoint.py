@@ -215,10 +215,22 @@ def checkpoint_epoch(model, folder: Path, epoch: int, result, watched: list, sto
     return True
 
 
+def _entry_key(cb) -> str | None:
+    """A train.callbacks entry's key path (train.callbacks.0); None for expkit's own callbacks."""
+    entry = getattr(cb, "_expkit_entry", None)
+    return None if entry is None else f"train.callbacks.{entry[0]}"
+
+
+def _where(cb) -> str:
+    """How a warning names a train.callbacks entry: `train.callbacks[1] (my_callbacks:Warmup)`."""
+    i, name = cb._expkit_entry
+    return f"train.callbacks[{i}] ({name})"
+
+
 def _key(cb) -> str:
     """Where a callback's state sits in expkit-state.json: expkit's own by class name (EarlyStopping), a
     train.callbacks entry by its key path (train.callbacks.0), so two of one class keep apart."""
-    return getattr(cb, "_expkit_key", None) or type(cb).__name__
+    return _entry_key(cb) or type(cb).__name__
 
 
 def _own_state(cb) -> bool:
@@ -227,7 +239,7 @@ def _own_state(cb) -> bool:
 
 
 def _best_member(cb) -> str:
-    key = getattr(cb, "_expkit_key", None)
+    key = _entry_key(cb)
     return BEST_WEIGHTS_MEMBER if key is None else BEST_WEIGHTS_MEMBER.replace(".npz", f"-{key}.npz")
 
 
@@ -242,8 +254,8 @@ def watched_callbacks(callbacks: list) -> list:
 def stateless_user_callbacks(callbacks: list) -> list[str]:
     """train.callbacks entries of the user's own classes whose state a checkpoint cannot carry (no
     get_state/set_state): `train.callbacks[1] (my_callbacks:Warmup)`, for the resume warning."""
-    return [cb._expkit_where for cb in callbacks
-            if getattr(cb, "_expkit_user", False) and ":" in getattr(cb, "_expkit_name", "")
+    return [_where(cb) for cb in callbacks
+            if getattr(cb, "_expkit_user", False) and ":" in cb._expkit_entry[1]
             and type(cb).__name__ not in CALLBACK_STATE and not _own_state(cb)]
 
 
@@ -286,7 +298,7 @@ def epoch_state(epoch: int, result, watched: list, model, stopping: bool) -> tup
             except (TypeError, ValueError) as exc:
                 if not getattr(cb, "_expkit_warned", False):
                     cb._expkit_warned = True
-                    print(f"expkit: warning: {cb._expkit_where}: get_state() returned what JSON cannot hold "
+                    print(f"expkit: warning: {_where(cb)}: get_state() returned what JSON cannot hold "
                           f"({exc}); the checkpoint leaves its state out, so a resumed run starts it afresh",
                           file=sys.stderr)
                 continue

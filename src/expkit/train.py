@@ -234,9 +234,7 @@ def user_callbacks(cfg: ExperimentConfig) -> list:
         if not isinstance(callback, keras.callbacks.Callback):
             raise ConfigError(f"{name} made a {type(callback).__name__}, not a keras.callbacks.Callback", path=path)
         callback._expkit_user = True
-        # its checkpoint state's key, and how warnings name it
-        callback._expkit_key, callback._expkit_name = f"train.callbacks.{i}", name
-        callback._expkit_where = f"train.callbacks[{i}] ({name})"
+        callback._expkit_entry = (i, name)  # its place in train.callbacks: its checkpoint key, its name in warnings
         out.append(callback)
     return out
 
