@@ -487,7 +487,7 @@ def test_when_the_jax_processes_cannot_check_this_process_does(tiny_config, tmp_
     """A JAX process that ends without answering: the checks run in the sweep's process, same message."""
     from expkit.sweeps.executors.pool import WorkerPool
 
-    monkeypatch.setattr(WorkerPool, "check", lambda self, trials, numbers, say: None)
+    monkeypatch.setattr(WorkerPool, "check", lambda self, trials, numbers, say, meanwhile=None: None)
     layers = [{"flatten": {}}, {"dense": {"units": 16, "activation": "relu"}}, {"dropout": {"rate": 0.1}},
               {"dense": {"units": 3, "activation": "softmax"}}]
     cfg = validate({**tiny_config, "name": "fallback", "model": {"layers": layers},

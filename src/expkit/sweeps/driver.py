@@ -139,7 +139,7 @@ def _run_trials(cfg: ExperimentConfig, trials: list, todo: list, runner, *, swee
             runner.preflight(pending)
         with _keras_imported_quietly():
             plan = plan_vectorised(cfg, todo, sweep_dir, device=device, stale_after=stale_after, log=say,
-                                   checker=runner if kind == "ray" else lanes)
+                                   checker=runner if kind == "ray" else lanes, hand_over=kind != "ray")
         if lanes is not None:
             runner.preflight([t for t in pending if t.id not in plan.checked])
         for note in plan.notes:

@@ -63,6 +63,10 @@ class DatasetCache:
             self._loaded[key] = load_with_files(cfg)
         return self._loaded[key]
 
+    def items(self) -> list[tuple[str, tuple]]:
+        """(data_key, (dataset, files)) of every dataset held."""
+        return list(self._loaded.items())
+
     def keep(self, cfgs: list) -> None:
         """Drop the datasets no config in `cfgs` needs (one chunk's data in memory at a time)."""
         keys = {data_key(c) for c in cfgs}

@@ -6,8 +6,9 @@ and `ray` (each unit a Ray task: ray.py). Every executor runs both kinds of unit
 units.run_unit, and none imports the driver or another executor. The driver calls, in this order:
 
 - `preflight(trials)`: every trial's checks on the backend and in the kind of process it trains in;
-- `check(trials, numbers, say)`: ModelShapes of candidates for a vectorised group, measured on JAX
-  where the group would train (None: no JAX process to ask); `gpus`: whether that place has a GPU;
+- `check(trials, numbers, say, meanwhile)`: ModelShapes of candidates for a vectorised group, measured
+  on JAX where the group would train (None: no JAX process to ask), calling `meanwhile()` here while
+  they are measured there; `gpus`: whether that place has a GPU;
 - `room(unit)`, `submit(index, unit, total)`, `started()` (ids of the units training now),
   `collect(timeout)` -> [(trial, TrialOutcome)], and on a stop `stop()`; at the end `close()`.
 """

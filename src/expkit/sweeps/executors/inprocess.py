@@ -29,7 +29,7 @@ class InProcess:
                      deterministic=any(t.config.train.deterministic for t in trials))
             preflight(trials)
 
-    def check(self, trials: list, numbers: list[int], say):
+    def check(self, trials: list, numbers: list[int], say, meanwhile=None):
         return None  # measured by the planner in this process
 
     def room(self, unit) -> bool:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from pathlib import Path
 
 from ...errors import ConfigError, RunWriteError, first_line, from_wire, to_wire
 from ...runfolder import FAILED, read_status
 from .. import procs
+from ..shared import SharedDatasets, open_handed_over
 from ..trials import GroupUnit, unit_backend, unit_trials
 from ..units import run_unit
 from ..vectorize.plan import check_candidates
@@ -58,6 +58,7 @@ class WorkerPool:
         self._started = 0
         self.in_flight: dict[str, tuple[int, object]] = {}
         self.gpus: bool | None = None  # whether the JAX workers see a GPU, once they have checked trials
+        self._shared = SharedDatasets()  # the datasets handed to the workers, in shared memory
 
     # --- workers ----------------------------------------------------------------------------------
 
@@ -132,10 +133,11 @@ class WorkerPool:
             if reply[1] is not None:
                 raise from_wire(reply[1])
 
-    def check(self, trials: list, numbers: list[int], say) -> dict | None:
+    def check(self, trials: list, numbers: list[int], say, meanwhile=None) -> dict | None:
         """The trials' checks and ModelShapes on the JAX workers (started by `start`), the trials split
         between them: trial id -> ModelShape. Raises the ConfigError of the first failing trial (by
-        `numbers`); None when there is no JAX worker, or one ended without answering."""
+        `numbers`); None when there is no JAX worker, or one ended without answering. `meanwhile()`
+        runs here while they check."""
         workers = [w for w in self._live() if w.backend == "jax" and w.busy is None]
         if not workers:
             return None
@@ -145,6 +147,8 @@ class WorkerPool:
             if trials[k::n]:
                 worker.conn.send(("check", trials[k::n], numbers[k::n]))
                 asked.append(worker)
+        if meanwhile is not None:
+            meanwhile()
         shapes, errors = {}, []
         for worker in asked:
             reply = self._reply(worker)
@@ -173,11 +177,10 @@ class WorkerPool:
             worker = self._start(backend, any(t.config.train.deterministic for t in unit_trials(unit)))
         worker.busy = (index, unit)
         self.in_flight[unit.id] = (index, unit)
-        message = ("unit", unit, str(self.sweep_dir), index, total, self.device, self.stale_after)
-        if isinstance(unit, GroupUnit) and unit.datasets:  # large: sent while the next unit is handed out
-            threading.Thread(target=worker.conn.send, args=(message,), daemon=True).start()
-        else:
-            worker.conn.send(message)
+        sent = unit
+        if isinstance(unit, GroupUnit) and unit.datasets:  # the arrays go through shared memory, not the pipe
+            sent = replace(unit, datasets={k: self._shared.share(d) for k, d in unit.datasets.items()})
+        worker.conn.send(("unit", sent, str(self.sweep_dir), index, total, self.device, self.stale_after))
 
     def started(self) -> set[str]:
         return set(self.in_flight)
@@ -270,6 +273,7 @@ class WorkerPool:
             except OSError:
                 pass
         self._workers.clear()
+        self._shared.close()
 
 
 # --- the worker process -------------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def worker_main(conn, parent_pid: int, backend: str, device: str, deterministic:
     """A worker: import the backend, then run what the sweep's process sends until it sends None."""
     try:
         procs.child_setup(parent_pid, quiet_stdout=quiet_stdout)
-        from ...backend import activate, cap_gpu_memory
+        from ...backend import activate, cap_gpu_memory, import_keras_for_worker
 
         try:
             activate(backend, device=device, deterministic=deterministic)
@@ -287,7 +291,7 @@ def worker_main(conn, parent_pid: int, backend: str, device: str, deterministic:
         except (ImportError, ConfigError) as exc:
             conn.send(("fatal", f"the Keras backend '{backend}' cannot start in a worker process: {exc}"))
             return
-        import keras  # noqa: F401  (imported while the sweep's process still plans)
+        import_keras_for_worker()  # while the sweep's process still plans
 
         _serve(conn, backend)
     except KeyboardInterrupt:  # stopped while idle or while starting
@@ -324,6 +328,8 @@ def _serve(conn, backend: str) -> None:
             conn.send(("checked", *check_candidates(msg[1], msg[2])))
             continue
         _, unit, sweep_dir, index, total, device, stale_after = msg
+        if isinstance(unit, GroupUnit):
+            unit = replace(unit, datasets=open_handed_over(unit.datasets))
         path = Path(sweep_dir)
         log = procs.PipeLog(conn, "" if isinstance(unit, GroupUnit) else f"[{index}/{total}] ")
         try:

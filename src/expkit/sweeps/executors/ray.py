@@ -237,11 +237,14 @@ class RayExecutor:
             if error is not None:
                 raise from_wire(error)
 
-    def check(self, trials: list, numbers: list[int], say) -> dict | None:
-        """Candidates for a vectorised group, checked on JAX in a task where the group would train."""
+    def check(self, trials: list, numbers: list[int], say, meanwhile=None) -> dict | None:
+        """Candidates for a vectorised group, checked on JAX in a task where the group would train;
+        `meanwhile()` runs here while the task checks."""
         task = self.ray.remote(check_task)
         ref = task.options(max_retries=MAX_RETRIES, **self._options("jax", "expkit checks")).remote(
             trials, numbers, self.device)
+        if meanwhile is not None:
+            meanwhile()
         try:
             shapes, error, gpus = self.ray.get(ref)
         except KeyboardInterrupt:

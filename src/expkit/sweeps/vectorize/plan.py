@@ -15,7 +15,7 @@ from ...errors import ConfigError
 from ...runfolder import FINISHED, read_status
 from ..procs import MEMORY_SHARE, available_bytes, available_cores
 from ..trials import GroupUnit
-from ..work import data_key, load_with_files, preflight
+from ..work import DatasetCache, data_key, preflight
 from .grouping import (Group, ModelShape, check_vectorisable, differing_keys, plan_groups, require_one_group,
                        sequential_seconds, trial_blocker, worth_vectorizing)
 
@@ -96,9 +96,12 @@ def candidate_groups(cfg, pending: list, say, measure=measure_shapes) -> tuple[l
     return plan_groups(cfg, pending, shapes).groups, shapes
 
 
-def worth_it(groups: list[Group], shapes: dict, on_cpu: bool, say) -> tuple[list[Group], dict]:
+def worth_it(groups: list[Group], shapes: dict, on_cpu: bool, say,
+             datasets: DatasetCache | None = None) -> tuple[list[Group], dict]:
     """`auto`: the groups whose one-at-a-time training would outlast starting JAX, with the datasets
-    loaded to count their examples (handed to the child, which then need not load them again)."""
+    loaded to count their examples (handed to the child, which then need not load them again).
+    `datasets`: those loaded already (while the checks ran elsewhere)."""
+    datasets = datasets or DatasetCache()
     chosen, loaded = [], {}
     for group in groups:
         first = group.trials[0].config
@@ -109,7 +112,7 @@ def worth_it(groups: list[Group], shapes: dict, on_cpu: bool, say) -> tuple[list
             continue
         key = data_key(first)
         if key not in loaded:
-            loaded[key] = load_with_files(first)
+            loaded[key] = datasets.get_with_files(first)
         n_train = len(loaded[key][0].x_train)
         if worth_vectorizing(group, shapes, n_train):
             chosen.append(group)
@@ -212,12 +215,15 @@ class Plan:
         return units
 
 
-def plan_vectorised(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log, checker=None) -> Plan:
+def plan_vectorised(cfg, trials: list, sweep_dir, *, device: str, stale_after: float, log, checker=None,
+                    hand_over: bool = True) -> Plan:
     """The sweep's vectorisable groups, before anything trains. `checker`: the executor that will train
     them, when it has JAX processes that can check the candidate trials where they will train
-    (`checker.check(trials, numbers, say)` -> trial id -> ModelShape, or None when it cannot answer;
-    `checker.gpus`: whether those processes see a GPU), so that this process imports no Keras backend
-    for them. Without one (or without an answer), this process measures.
+    (`checker.check(trials, numbers, say, meanwhile)` -> trial id -> ModelShape, or None when it cannot
+    answer; `meanwhile()` is called while they check; `checker.gpus`: whether those processes see a
+    GPU), so that this process imports no Keras backend for them. Without one (or without an answer),
+    this process measures. `hand_over`: the groups' datasets are loaded here for the processes that
+    train them (on this machine); `auto` loads them in any case, to count their examples.
 
     A ConfigError (a trial's checks, or sweep.vectorize true and a key that prevents it) is raised before
     anything is written. Every choice `auto` makes is said in one line."""
@@ -228,8 +234,22 @@ def plan_vectorised(cfg, trials: list, sweep_dir, *, device: str, stale_after: f
     numbers = {t.id: i for i, t in enumerate(trials, 1)}
     checked: set[str] = set()
 
+    loaded = DatasetCache()
+    wanted = cfg.sweep.vectorize == "auto" or hand_over
+
+    def meanwhile(part: list) -> None:
+        """Load the candidates' dataset while the checks run in other processes (start-up plus checks take
+        seconds there, loading Fashion-MNIST about 1.5 s here). A load that fails is left for the load
+        that needs the data to report, after the checks have had their say."""
+        if wanted:
+            try:
+                loaded.get_with_files(part[0].config)
+            except Exception:
+                pass
+
     def measure(part: list) -> dict:
-        shapes = checker.check(part, [numbers[t.id] for t in part], say) if checker is not None else None
+        shapes = (checker.check(part, [numbers[t.id] for t in part], say, meanwhile=lambda: meanwhile(part))
+                  if checker is not None else None)
         if shapes is None:  # no JAX process could answer: the checks run here, message and all
             return measure_shapes(part, [numbers[t.id] for t in part])
         checked.update(shapes)
@@ -243,7 +263,9 @@ def plan_vectorised(cfg, trials: list, sweep_dir, *, device: str, stale_after: f
     if cfg.sweep.vectorize == "auto":
         gpus = getattr(checker, "gpus", None)
         on_cpu = device == "cpu" or not (gpus if gpus is not None else _gpus_here())
-        groups, datasets = worth_it(groups, shapes, on_cpu, say)
+        groups, datasets = worth_it(groups, shapes, on_cpu, say, loaded)
+    elif hand_over:
+        datasets = {k: d for k, d in loaded.items() if k in {data_key(g.trials[0].config) for g in groups}}
     grouped = {t.id for g in groups for t in g.trials}
     return Plan(groups, datasets, checked & grouped, notes)
 
