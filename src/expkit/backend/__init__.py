@@ -16,7 +16,7 @@ import platform
 import sys
 
 from ..errors import ConfigError
-from .base import Backend, cpu_model_name, import_quietly, installed, resolve_inter_op_threads, tf_data_pipeline
+from .base import Backend, cpu_model_name, import_keras_for_worker, import_quietly, installed, resolve_inter_op_threads, tf_data_pipeline
 from .jax import Jax, compile_cache_env, fuse_jax_train_steps
 from .resources import cap_gpu_memory, share_env
 from .tensorflow import TensorFlow
