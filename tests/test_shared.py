@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from expkit.data.dataset import Dataset
+from expkit.sweeps import shared as shared_module
 from expkit.sweeps.shared import SharedDataset, SharedDatasets, open_handed_over
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,23 @@ def test_arrays_keep_their_dtype_shape_and_values_and_other_entries_pass_through
     finally:
         shared.close()
     assert open_handed_over(None) is None
+
+
+def test_without_room_in_shared_memory_the_dataset_travels_as_it_is(monkeypatch):
+    """A container's 64 MB /dev/shm: writing past it would kill the sweep with SIGBUS, so the dataset is
+    pickled through the pipe instead."""
+    dataset = tiny_dataset()
+    needed = sum(-(-getattr(dataset, n).nbytes // 64) * 64 for n in ("x_train", "y_train", "x_val", "y_val", "w_train"))
+    monkeypatch.setattr(shared_module, "shm_room", lambda: 1.2 * needed)
+    shared = SharedDatasets()
+    loaded = (dataset, ["f"])
+    assert shared.share(loaded) is loaded
+    assert open_handed_over({"k": loaded})["k"] is loaded
+    monkeypatch.setattr(shared_module, "shm_room", lambda: 1.3 * needed)
+    try:
+        assert isinstance(shared.share(loaded), SharedDataset)
+    finally:
+        shared.close()
 
 
 def test_a_worker_imports_keras_without_sklearn_ipython_or_pandas_and_they_import_afterwards():

@@ -8,7 +8,9 @@ block's name and the arrays' places in it, and each process maps the same pages,
 
 The sweep's process owns each block and unlinks it when its workers are done (`SharedDatasets.close`);
 multiprocessing's resource tracker, which the spawned workers share with it, unlinks whatever is left
-if the sweep's process dies first.
+if the sweep's process dies first. Where the shared-memory file system has no room for a dataset (a
+container's /dev/shm is 64 MB unless set larger, and writing past it kills the process with SIGBUS), the
+dataset goes through the pipe as before.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 ALIGN = 64  # each array starts on a cache line
+SHM_ROOT = "/dev/shm"  # where Linux keeps POSIX shared memory
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,17 @@ class SharedDataset:
 _MAPPED: list = []  # the blocks this process has opened
 
 
+def shm_room() -> float:
+    """Bytes free for shared memory here (0 where there is no /dev/shm to ask)."""
+    import os
+
+    try:
+        st = os.statvfs(SHM_ROOT)
+    except (OSError, AttributeError):
+        return 0.0
+    return float(st.f_bavail) * st.f_frsize
+
+
 def _array_fields(dataset) -> list[str]:
     import numpy as np
 
@@ -58,8 +72,9 @@ class SharedDatasets:
     def __init__(self):
         self._made: dict[int, tuple] = {}   # id(dataset) -> (dataset, SharedMemory, SharedDataset)
 
-    def share(self, loaded: tuple) -> SharedDataset:
-        """The handle of (dataset, files) in shared memory, copying the arrays in the first time."""
+    def share(self, loaded: tuple):
+        """The handle of (dataset, files) in shared memory, copying the arrays in the first time; `loaded`
+        itself when shared memory has no room for it (it then travels pickled)."""
         import numpy as np
         from multiprocessing import shared_memory
 
@@ -72,6 +87,8 @@ class SharedDatasets:
             array = np.ascontiguousarray(getattr(dataset, name))
             places.append((name, size, array.shape, array.dtype.str))
             size += -(-array.nbytes // ALIGN) * ALIGN
+        if shm_room() < 1.25 * size:
+            return loaded
         shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
         try:
             for name, offset, shape, dtype in places:
