@@ -124,6 +124,27 @@ def test_collect_a_run_folder(tmp_path):
     assert list(df.columns[:4]) == ["run", "path", "status", "seed"]
 
 
+def test_a_config_read_again_comes_from_memory_until_the_file_changes(tmp_path, monkeypatch):
+    """A sweep's tables are rebuilt after every batch of trials: each run's config.yaml is parsed once,
+    and parsed again when the file is rewritten; a caller changing what it got changes nothing kept."""
+    from expkit.report import collect
+
+    run = write_run(tmp_path / "runs" / "cnn1" / "20261122-221530-a3f9", best=(0.8434, 0.8455, 0.4389, 0.4194))
+    parsed = []
+    real = collect.read_yaml_file
+    monkeypatch.setattr(collect, "read_yaml_file", lambda path: parsed.append(path) or real(path))
+    assert collect_runs([run]).iloc[0]["cfg:train.learning_rate"] == 0.01
+    got = collect._read_config(run / "config.yaml")
+    got["train"]["learning_rate"] = 5.0
+    assert collect_runs([run]).iloc[0]["cfg:train.learning_rate"] == 0.01
+    assert len(parsed) == 1
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["learning_rate"] = 0.003
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert collect_runs([run]).iloc[0]["cfg:train.learning_rate"] == 0.003
+    assert len(parsed) == 2
+
+
 def test_a_run_name_folder_stands_for_its_latest_finished_run(tmp_path):
     name_dir = tmp_path / "runs" / "cnn1"
     write_run(name_dir / "20261122-100000-aaaa", best=(0.5, 0.5, 1.0, 1.0))
