@@ -163,6 +163,7 @@ class GroupTrainer:
         self.program = Program(self.template, find_knobs(models), scan=not convolutions_on_cpu(self.template))
         self.state = stack([state_of(m) for m in models])
         self.metrics0 = self.state[3]
+        self._host, self._host_of = [], None  # _host_state's copy, and the state it copies
         opt = self.template.optimizer
         self.iteration_index = next(i for i, v in enumerate(opt.variables) if v is opt.iterations)
         self.rate_index = next((i for i, v in enumerate(opt.variables) if v.name == "learning_rate"), None)
@@ -219,12 +220,20 @@ class GroupTrainer:
     def model_of(self, i: int):
         """The template model holding trial i's weights and optimizer state (to save it)."""
         model = self.template
-        for variables, arrays in ((model.trainable_variables, self.state[0]),
-                                  (model.non_trainable_variables, self.state[1]),
-                                  (model.optimizer.variables, self.state[2])):
+        for variables, arrays in zip((model.trainable_variables, model.non_trainable_variables,
+                                      model.optimizer.variables), self._host_state()):
             for v, a in zip(variables, arrays):
                 v.assign(a[i])
         return model
+
+    def _host_state(self) -> list:
+        """The weights and optimizer state of every trial in host memory, copied once per state: every
+        trial's epoch checkpoint then slices NumPy arrays instead of dispatching a device slice per
+        variable."""
+        if self._host_of is not self.state:
+            self._host = [[np.asarray(a) for a in part] for part in self.state[:3]]
+            self._host_of = self.state
+        return self._host
 
     # --- the epochs -----------------------------------------------------------------------------------
 
