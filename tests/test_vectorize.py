@@ -547,3 +547,38 @@ def test_augmentation_layers_in_a_group_equal_their_trials_one_at_a_time(tiny_co
     cfg = sweep_cfg(augmented, {"grid": {"train.learning_rate": [0.01, 0.03]}, "seeds": [3, 4]})
     log = equal_to_one_at_a_time(cfg, tmp_path, {"done": 4})
     assert "4 trials as one JAX program" in log
+
+
+@needs_jax
+def test_processes_about_to_compile_the_same_programs_take_turns(tmp_path):
+    """The processes a group is split over compile identical programs: one at a time, so that the later
+    ones load them from the persistent compilation cache. Checked with a real second process that tries
+    the lock while this one holds it, and again after."""
+    import jax
+
+    from expkit.sweeps.vectorize.program import _compiling_alone
+
+    lowered = [jax.jit(lambda x: x * 2.0).lower(np.zeros(3, np.float32))]
+    probe = ("import sys, filelock\n"
+             "try:\n"
+             "    with filelock.FileLock(sys.argv[1], timeout=0.5):\n"
+             "        print('free')\n"
+             "except filelock.Timeout:\n"
+             "    print('held')\n")
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    try:
+        with _compiling_alone(lowered):
+            (lock,) = (tmp_path / "xla").glob("expkit-compile-*.lock")
+            inside = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True, timeout=120)
+        after = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True, timeout=120)
+        with _compiling_alone(lowered):  # the same programs: the same lock
+            assert list((tmp_path / "xla").glob("expkit-compile-*.lock")) == [lock]
+        jax.config.update("jax_compilation_cache_dir", None)
+        with _compiling_alone(lowered):  # no persistent cache: nothing to take turns for
+            held_without = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True,
+                                          timeout=120)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert (inside.stdout.strip(), after.stdout.strip()) == ("held", "free"), inside.stderr + after.stderr
+    assert held_without.stdout.strip() == "free"
