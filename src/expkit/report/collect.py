@@ -259,12 +259,13 @@ _CONFIGS_KEPT = 4096
 
 def _read_config(path: Path) -> dict:
     import copy
+    import stat
 
     try:
         st = path.stat()
     except OSError:
         return {}
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         return {}
     key = (str(path.absolute()), st.st_mtime_ns, st.st_size)
     if key not in _CONFIGS:
